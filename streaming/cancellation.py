@@ -1,0 +1,355 @@
+"""The cancel-flag store and the active-streams registry, with an in-process and a Redis backend.
+
+Cancel flags are the source of truth for "this reply must stop": a flag survives a missed push
+notice and a stream that starts reading after the cancel, and expires by itself (TTL longer than
+any stream). The registry lists running streams across instances. Liveness is one heartbeat per
+*instance*, not one key refresh per stream, so Redis load stays flat as streams grow; the streams
+of an instance that stops heartbeating are marked stale, then vanish when their key expires.
+
+Redis layout (``P`` is the configured prefix)::
+
+    P:cancel:<message_id>      string "1", EX flag_ttl             cancel flag
+    P:streams:<instance>       hash message_id -> JSON, EX ttl     streams an instance runs
+    P:instances                zset instance -> last heartbeat     which instances to read
+
+Every backend method either succeeds or raises ``StoreUnavailable`` within the configured timeout;
+the fail-safe policy (what a failure means for a stream or a cancel) belongs to the callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from .redis_clients import PerLoopClients, make_async_client, make_sync_client
+
+logger = logging.getLogger(__name__)
+
+
+class StoreUnavailable(Exception):
+    """The backend could not answer within its timeout (Redis down, frozen or overloaded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """A registry entry: one running stream."""
+
+    message_id: str
+    conversation_id: str
+    owner_key: str
+    owner_user_id: int | None
+    instance: str
+    started_at: float
+    chunks: int = 0
+    #: Filled in on read: when the stream's instance last sent a heartbeat.
+    heartbeat_at: float = 0.0
+    #: Filled in on read: the instance stopped sending heartbeats.
+    stale: bool = False
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        del data["heartbeat_at"], data["stale"]
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> StreamInfo:
+        return cls(**json.loads(raw))
+
+
+class CancelStore:
+    """Interface of a cancel store; see the module docstring for the semantics."""
+
+    def __init__(
+        self,
+        *,
+        flag_ttl: int = 3600,
+        registry_ttl: int = 60,
+        stale_after: float = 6.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.flag_ttl = flag_ttl
+        self.registry_ttl = registry_ttl
+        self.stale_after = stale_after
+        self.clock = clock
+
+    # Cancel flags.
+    async def set_cancelled(self, message_id: str) -> None:
+        raise NotImplementedError
+
+    def set_cancelled_sync(self, message_id: str) -> None:
+        raise NotImplementedError
+
+    async def cancelled_among(self, message_ids: Sequence[str]) -> set[str]:
+        """Which of ``message_ids`` carry a cancel flag; one round trip for all of them."""
+        raise NotImplementedError
+
+    async def is_cancelled(self, message_id: str) -> bool:
+        return message_id in await self.cancelled_among([message_id])
+
+    async def clear(self, message_id: str) -> None:
+        raise NotImplementedError
+
+    # Registry.
+    async def register(self, info: StreamInfo) -> None:
+        raise NotImplementedError
+
+    async def unregister(self, instance: str, message_id: str) -> None:
+        raise NotImplementedError
+
+    async def heartbeat(self, instance: str, streams: Iterable[StreamInfo]) -> None:
+        """Mark ``instance`` alive and refresh its streams' entries, in one round trip."""
+        raise NotImplementedError
+
+    async def list_active(self) -> list[StreamInfo]:
+        raise NotImplementedError
+
+    def list_active_sync(self) -> list[StreamInfo]:
+        raise NotImplementedError
+
+    async def instances(self) -> dict[str, float]:
+        """Known instances and their last heartbeat time."""
+        raise NotImplementedError
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the backend answers."""
+
+    async def aclose(self) -> None:
+        """Release the current event loop's connections."""
+
+    def _with_liveness(self, info: StreamInfo, heartbeat_at: float, now: float) -> StreamInfo:
+        return replace(info, heartbeat_at=heartbeat_at, stale=now - heartbeat_at > self.stale_after)
+
+
+class InMemoryCancelStore(CancelStore):
+    """Process-local store for the embedded single-process mode and fast unit tests.
+
+    It is shared by every event loop of the process, which is exactly one instance's view: it can
+    never see another instance, which is why a ``DEBUG``-off deployment without Redis is refused
+    by a system check.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._flags: dict[str, float] = {}
+        self._streams: dict[str, dict[str, StreamInfo]] = {}
+        self._heartbeats: dict[str, float] = {}
+
+    def set_cancelled_sync(self, message_id: str) -> None:
+        self._flags[message_id] = self.clock() + self.flag_ttl
+
+    async def set_cancelled(self, message_id: str) -> None:
+        self.set_cancelled_sync(message_id)
+
+    async def cancelled_among(self, message_ids: Sequence[str]) -> set[str]:
+        now = self.clock()
+        found = set()
+        for message_id in message_ids:
+            expires = self._flags.get(message_id)
+            if expires is None:
+                continue
+            if expires <= now:
+                del self._flags[message_id]
+            else:
+                found.add(message_id)
+        return found
+
+    async def clear(self, message_id: str) -> None:
+        self._flags.pop(message_id, None)
+
+    async def register(self, info: StreamInfo) -> None:
+        self._streams.setdefault(info.instance, {})[info.message_id] = info
+        self._heartbeats[info.instance] = self.clock()
+
+    async def unregister(self, instance: str, message_id: str) -> None:
+        self._streams.get(instance, {}).pop(message_id, None)
+
+    async def heartbeat(self, instance: str, streams: Iterable[StreamInfo]) -> None:
+        entries = self._streams.setdefault(instance, {})
+        for info in streams:
+            entries[info.message_id] = info
+        self._heartbeats[instance] = self.clock()
+
+    def list_active_sync(self) -> list[StreamInfo]:
+        now = self.clock()
+        result = []
+        for instance, entries in list(self._streams.items()):
+            beat = self._heartbeats.get(instance, 0.0)
+            if now - beat > self.registry_ttl:
+                # The whole entry expires, as the Redis key would.
+                self._streams.pop(instance, None)
+                self._heartbeats.pop(instance, None)
+                continue
+            result.extend(self._with_liveness(info, beat, now) for info in entries.values())
+        return sorted(result, key=lambda info: info.started_at)
+
+    async def list_active(self) -> list[StreamInfo]:
+        return self.list_active_sync()
+
+    async def instances(self) -> dict[str, float]:
+        return dict(self._heartbeats)
+
+
+_REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+
+
+class RedisCancelStore(CancelStore):
+    """Store shared by every instance through one Redis."""
+
+    def __init__(
+        self,
+        *,
+        url: str = "",
+        prefix: str = "chat",
+        timeout: float = 0.5,
+        max_connections: int = 20,
+        async_client_factory: Callable[[], aredis.Redis] | None = None,
+        sync_client: redis.Redis | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prefix = prefix
+        self.timeout = timeout
+        if async_client_factory is None:
+
+            def async_client_factory() -> aredis.Redis:
+                return make_async_client(url, timeout=timeout, max_connections=max_connections)
+
+        self._clients = PerLoopClients(async_client_factory)
+        self._sync_client = sync_client
+        self._sync_factory = lambda: make_sync_client(
+            url, timeout=timeout, max_connections=max_connections
+        )
+
+    # Keys.
+    def flag_key(self, message_id: str) -> str:
+        return f"{self.prefix}:cancel:{message_id}"
+
+    def streams_key(self, instance: str) -> str:
+        return f"{self.prefix}:streams:{instance}"
+
+    @property
+    def instances_key(self) -> str:
+        return f"{self.prefix}:instances"
+
+    # Plumbing.
+    @property
+    def client(self) -> aredis.Redis:
+        return self._clients.get()
+
+    @property
+    def sync_client(self) -> redis.Redis:
+        if self._sync_client is None:
+            self._sync_client = self._sync_factory()
+        return self._sync_client
+
+    async def _call(self, operation: str, coro: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await coro
+        except _REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"redis {operation} failed: {exc!r}") from exc
+
+    def _call_sync(self, operation: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (redis.RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis {operation} failed: {exc!r}") from exc
+
+    async def ping(self) -> None:
+        await self._call("ping", self.client.ping())
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
+
+    # Cancel flags.
+    async def set_cancelled(self, message_id: str) -> None:
+        await self._call("set", self.client.set(self.flag_key(message_id), b"1", ex=self.flag_ttl))
+
+    def set_cancelled_sync(self, message_id: str) -> None:
+        self._call_sync(
+            "set", lambda: self.sync_client.set(self.flag_key(message_id), b"1", ex=self.flag_ttl)
+        )
+
+    async def cancelled_among(self, message_ids: Sequence[str]) -> set[str]:
+        if not message_ids:
+            return set()
+        ids = list(message_ids)
+        values = await self._call("mget", self.client.mget([self.flag_key(m) for m in ids]))
+        return {m for m, v in zip(ids, values, strict=True) if v is not None}
+
+    async def clear(self, message_id: str) -> None:
+        await self._call("delete", self.client.delete(self.flag_key(message_id)))
+
+    # Registry.
+    async def register(self, info: StreamInfo) -> None:
+        key = self.streams_key(info.instance)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, info.message_id, info.to_json())
+        pipe.expire(key, self.registry_ttl)
+        pipe.zadd(self.instances_key, {info.instance: self.clock()})
+        await self._call("register", pipe.execute())
+
+    async def unregister(self, instance: str, message_id: str) -> None:
+        await self._call("unregister", self.client.hdel(self.streams_key(instance), message_id))
+
+    async def heartbeat(self, instance: str, streams: Iterable[StreamInfo]) -> None:
+        key = self.streams_key(instance)
+        mapping = {info.message_id: info.to_json() for info in streams}
+        pipe = self.client.pipeline(transaction=False)
+        if mapping:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, self.registry_ttl)
+        now = self.clock()
+        pipe.zadd(self.instances_key, {instance: now})
+        # Forget instances silent for longer than their entries live.
+        pipe.zremrangebyscore(self.instances_key, "-inf", now - self.registry_ttl)
+        await self._call("heartbeat", pipe.execute())
+
+    def _decode_active(self, beats: list[tuple[bytes, float]], hashes: list[dict]) -> list[StreamInfo]:
+        now = self.clock()
+        result = []
+        for (_, beat), entries in zip(beats, hashes, strict=True):
+            for raw in entries.values():
+                try:
+                    info = StreamInfo.from_json(raw)
+                except (ValueError, TypeError):
+                    logger.warning("Skipping malformed registry entry %r", raw[:200])
+                    continue
+                result.append(self._with_liveness(info, beat, now))
+        return sorted(result, key=lambda info: info.started_at)
+
+    async def list_active(self) -> list[StreamInfo]:
+        beats = await self._call(
+            "zrange", self.client.zrange(self.instances_key, 0, -1, withscores=True)
+        )
+        pipe = self.client.pipeline(transaction=False)
+        for instance, _ in beats:
+            pipe.hgetall(self.streams_key(instance.decode()))
+        hashes = await self._call("hgetall", pipe.execute()) if beats else []
+        return self._decode_active(beats, hashes)
+
+    def list_active_sync(self) -> list[StreamInfo]:
+        client = self.sync_client
+
+        def read() -> list[StreamInfo]:
+            beats = client.zrange(self.instances_key, 0, -1, withscores=True)
+            pipe = client.pipeline(transaction=False)
+            for instance, _ in beats:
+                pipe.hgetall(self.streams_key(instance.decode()))
+            return self._decode_active(beats, pipe.execute() if beats else [])
+
+        return self._call_sync("list", read)
+
+    async def instances(self) -> dict[str, float]:
+        beats = await self._call(
+            "zrange", self.client.zrange(self.instances_key, 0, -1, withscores=True)
+        )
+        return {instance.decode(): beat for instance, beat in beats}

@@ -1,0 +1,48 @@
+"""System checks for configurations that silently break cross-instance cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+
+@register(Tags.compatibility, deploy=False)
+def check_streaming_configuration(app_configs: Any = None, **kwargs: Any) -> list:
+    messages = []
+    layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    if not settings.DEBUG and not settings.REDIS_URL:
+        messages.append(
+            Error(
+                "REDIS_URL is not set while DEBUG is off.",
+                hint="Without Redis, a cancel reaching one instance never stops a stream on "
+                "another. Set REDIS_URL, or DEBUG=1 for a single-process trial.",
+                id="streaming.E001",
+            )
+        )
+    if not settings.DEBUG and layer.endswith("InMemoryChannelLayer"):
+        messages.append(
+            Error(
+                "The in-memory channel layer is configured while DEBUG is off.",
+                hint="It cannot reach other instances; set REDIS_URL.",
+                id="streaming.E002",
+            )
+        )
+    if settings.STREAM_CANCEL_CHECK_SECONDS > 2:
+        messages.append(
+            Warning(
+                "STREAM_CANCEL_CHECK_SECONDS is above 2 seconds.",
+                hint="A cross-instance cancel can take that long to take effect.",
+                id="streaming.W001",
+            )
+        )
+    if settings.STREAM_CANCEL_FLAG_TTL < 60:
+        messages.append(
+            Warning(
+                "STREAM_CANCEL_FLAG_TTL is under a minute.",
+                hint="A flag must outlive the longest stream, or a cancel can be lost.",
+                id="streaming.W002",
+            )
+        )
+    return messages

@@ -1,0 +1,84 @@
+"""The chat WebSocket: validate a frame, call a service, answer. Nothing else lives here.
+
+Generation runs in a task this consumer owns (``receive`` returns at once), because Channels
+handles one event at a time per connection: a token loop inside ``receive`` would make a Stop on
+the same socket wait for the whole reply (django/channels#1924).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import services
+from .exceptions import ClientError
+from .identity import Owner, owner_from
+from .instance import LocalStream
+from .protocol import ChatMessage, Ping, StreamCancel, parse_frame
+
+#: Close code for a handshake without the session cookie set by ``GET /``.
+CLOSE_NO_SESSION = 4401
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    owner: Owner
+    streams: dict[str, LocalStream]
+
+    async def connect(self) -> None:
+        """Called on the handshake: only a known session (or user) may open the chat socket."""
+        owner = owner_from(self.scope.get("session"), self.scope.get("user"))
+        if owner is None:
+            await self.close(code=CLOSE_NO_SESSION)
+            return
+        self.owner = owner
+        self.streams = {}
+        await self.accept()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Called for every inbound frame; errors become ``error`` frames, never a closed socket."""
+        try:
+            frame = parse_frame(
+                text_data if text_data is not None else bytes_data,
+                max_bytes=settings.STREAM_MAX_FRAME_BYTES,
+                max_text_chars=settings.STREAM_MAX_TEXT_CHARS,
+            )
+            if isinstance(frame, Ping):
+                await self.send_json({"type": "pong"})
+            elif isinstance(frame, ChatMessage):
+                await self.chat_message(frame)
+            elif isinstance(frame, StreamCancel):
+                await self.stream_cancel(frame)
+        except ClientError as exc:
+            await self.send_json(exc.as_frame())
+
+    async def chat_message(self, frame: ChatMessage) -> None:
+        stream = await services.stream_start(
+            owner=self.owner,
+            text=frame.text,
+            conversation_id=frame.conversation_id,
+            send=self.send_json,
+        )
+        self.streams[stream.message_id] = stream
+        assert stream.task is not None
+        stream.task.add_done_callback(lambda _: self.streams.pop(stream.message_id, None))
+
+    async def stream_cancel(self, frame: StreamCancel) -> None:
+        result = await services.stream_cancel(owner=self.owner, message_id=frame.message_id)
+        await self.send_json(
+            {
+                "type": "cancel.accepted",
+                "message_id": str(result.message_id),
+                "delivered": result.delivered,
+            }
+        )
+
+    async def disconnect(self, code: int) -> None:
+        """Called when the socket closes: running replies end ``interrupted`` with their text saved."""
+        for stream in list(getattr(self, "streams", {}).values()):
+            await services.stream_stop_and_wait(stream)
+
+    async def send_json(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))

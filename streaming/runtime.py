@@ -1,0 +1,57 @@
+"""Builds the configured cancel store and this loop's ``InstanceStreams`` from settings.
+
+Components take explicit arguments; this is the one place that maps settings onto them. The built
+objects are cached and dropped when a test changes a relevant setting.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .cancellation import CancelStore, InMemoryCancelStore, RedisCancelStore
+from .instance import InstanceStreams, get_instance_streams
+
+
+@functools.cache
+def get_store() -> CancelStore:
+    """The process-wide cancel store: Redis when ``REDIS_URL`` is set, else in-process."""
+    common = {
+        "flag_ttl": settings.STREAM_CANCEL_FLAG_TTL,
+        "registry_ttl": settings.STREAM_REGISTRY_TTL,
+        "stale_after": settings.STREAM_STALE_AFTER_SECONDS,
+    }
+    if settings.REDIS_URL:
+        return RedisCancelStore(
+            url=settings.REDIS_URL,
+            prefix=settings.STREAM_REDIS_PREFIX,
+            timeout=settings.STREAM_REDIS_TIMEOUT,
+            max_connections=settings.STREAM_REDIS_MAX_CONNECTIONS,
+            **common,
+        )
+    return InMemoryCancelStore(**common)
+
+
+def get_streams() -> InstanceStreams:
+    """The running event loop's streams (one loop per daphne process)."""
+    return get_instance_streams(
+        lambda: InstanceStreams(
+            store=get_store(),
+            instance_id=settings.INSTANCE_ID,
+            check_chunks=settings.STREAM_CANCEL_CHECK_CHUNKS,
+            check_seconds=settings.STREAM_CANCEL_CHECK_SECONDS,
+            heartbeat_seconds=settings.STREAM_HEARTBEAT_SECONDS,
+        )
+    )
+
+
+@receiver(setting_changed)
+def _reset_on_setting_change(*, setting: str, **kwargs: object) -> None:
+    if setting == "REDIS_URL" or setting.startswith("STREAM_"):
+        get_store.cache_clear()
+        from . import instance
+
+        instance._per_loop.clear()

@@ -1,0 +1,286 @@
+"""The stream lifecycle: start a reply, run it chunk by chunk, cancel it, finish it.
+
+Consumers and views call these functions and nothing below them. Every function is keyword-only
+and typed; ownership is checked here, on every path, so no caller can forget it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import transaction
+from django.utils import timezone
+
+from .backends import Backend, BackendError, Turn, get_backend
+from .cancellation import StoreUnavailable
+from .exceptions import FORBIDDEN, NOT_FOUND, ClientError
+from .identity import Owner
+from .instance import InstanceStreams, LocalStream, StopReason, all_instance_streams
+from .models import Conversation, Message
+from .runtime import get_store, get_streams
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: How long a stream may take to save and clean up after it was told to stop.
+STOP_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    message_id: uuid.UUID
+    #: True when the cancel is certain to take effect: the flag was written, or the stream runs here.
+    delivered: bool
+
+
+# --- Database steps (sync, run through database_sync_to_async) -------------------------------
+
+
+def _create_turn(
+    owner: Owner, text: str, conversation_id: uuid.UUID | None, instance: str
+) -> tuple[Conversation, Message, list[Turn]]:
+    with transaction.atomic():
+        if conversation_id is None:
+            conversation = Conversation.objects.create(
+                owner_key=owner.key, owner_user_id=owner.user_id, title=text.strip()[:80]
+            )
+            history: list[Turn] = []
+        else:
+            conversation = Conversation.objects.filter(pk=conversation_id).first()
+            if conversation is None:
+                raise ClientError(NOT_FOUND, "Conversation not found.")
+            if not owner.owns(
+                owner_key=conversation.owner_key, owner_user_id=conversation.owner_user_id
+            ):
+                raise ClientError(FORBIDDEN, "This conversation belongs to someone else.")
+            history = [
+                Turn(role=m.role, text=m.text)
+                for m in conversation.messages.exclude(text="").only("role", "text")
+            ]
+            conversation.save(update_fields=["updated_at"])
+        Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.USER,
+            text=text,
+            status=Message.Status.COMPLETED,
+        )
+        reply = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            instance=instance,
+        )
+    return conversation, reply, history
+
+
+def _finish_message(message_id: str, status: str, text: str, chunks: int, error: str) -> None:
+    Message.objects.filter(pk=message_id).update(
+        status=status, text=text, chunks=chunks, error=error[:500], finished_at=timezone.now()
+    )
+
+
+def _owned_message(owner: Owner, message_id: uuid.UUID) -> Message:
+    message = (
+        Message.objects.select_related("conversation").filter(pk=message_id).first()
+    )
+    if message is None:
+        raise ClientError(NOT_FOUND, "No such message.")
+    conversation = message.conversation
+    if not owner.owns(owner_key=conversation.owner_key, owner_user_id=conversation.owner_user_id):
+        raise ClientError(FORBIDDEN, "This message belongs to someone else.")
+    return message
+
+
+# --- Start and run -----------------------------------------------------------------------------
+
+
+async def stream_start(
+    *,
+    owner: Owner,
+    text: str,
+    conversation_id: uuid.UUID | None,
+    send: Send,
+    backend: Backend | None = None,
+) -> LocalStream:
+    """Store the user's message, announce the reply and start generating it in a task.
+
+    The returned stream's ``task`` belongs to the caller, who must stop and await it when the
+    client goes away (see ``stream_stop_and_wait``).
+    """
+    streams = get_streams()
+    conversation, reply, history = await database_sync_to_async(_create_turn)(
+        owner, text, conversation_id, streams.instance_id
+    )
+    stream = LocalStream(
+        message_id=str(reply.pk),
+        conversation_id=str(conversation.pk),
+        owner_key=owner.key,
+        owner_user_id=owner.user_id,
+        instance=streams.instance_id,
+    )
+    await send(
+        {
+            "type": "stream.started",
+            "message_id": stream.message_id,
+            "conversation_id": stream.conversation_id,
+        }
+    )
+    await streams.add(stream)
+    source = (backend or get_backend()).stream(prompt=text, history=history)
+    stream.task = asyncio.create_task(
+        _run_stream(stream=stream, source=source, send=send, streams=streams),
+        name=f"stream-{stream.message_id}",
+    )
+    return stream
+
+
+async def _run_stream(
+    *, stream: LocalStream, source: AsyncIterator[str], send: Send, streams: InstanceStreams
+) -> None:
+    """Send chunks until the source ends or the stream is stopped, then finish the message."""
+    status = Message.Status.COMPLETED
+    error = ""
+    external_cancel = False
+    try:
+        async with contextlib.aclosing(source) as chunks:  # type: ignore[type-var]
+            while stream.stop_reason is None:
+                stream.awaiting_source = True
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    stream.awaiting_source = False
+                if stream.stop_reason is not None:
+                    break  # Produced after Stop: never shown, so never stored.
+                await send(
+                    {
+                        "type": "stream.chunk",
+                        "message_id": stream.message_id,
+                        "index": stream.chunks,
+                        "text": chunk,
+                    }
+                )
+                stream.parts.append(chunk)
+                stream.chunks += 1
+                streams.chunk_sent(stream)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if stream.stop_reason is not None and task is not None:
+            task.uncancel()  # Our own stop interrupted the wait on the model.
+        else:
+            external_cancel = True
+            stream.stop_reason = StopReason.INTERRUPTED
+    except BackendError as exc:
+        status, error = Message.Status.FAILED, str(exc) or "The model failed."
+        logger.warning("Stream %s failed: %s", stream.message_id, error)
+    except Exception:
+        status, error = Message.Status.FAILED, "The model failed unexpectedly."
+        logger.exception("Stream %s crashed", stream.message_id)
+    if stream.stop_reason is not None and status == Message.Status.COMPLETED:
+        status = Message.Status(stream.stop_reason.value)
+        if stream.stop_reason is StopReason.INTERRUPTED and not error:
+            error = "The connection was lost before the reply finished."
+    stream.stopped.set()
+    try:
+        await _finish(stream=stream, status=status, error=error, send=send, streams=streams)
+    finally:
+        if external_cancel:
+            raise asyncio.CancelledError
+
+
+async def _finish(
+    *, stream: LocalStream, status: str, error: str, send: Send, streams: InstanceStreams
+) -> None:
+    # Save before telling the client, so a reload right after "finished" shows the final state.
+    try:
+        await database_sync_to_async(_finish_message)(
+            stream.message_id, status, stream.text, stream.chunks, error
+        )
+    except Exception:
+        logger.exception("Could not save the end of stream %s", stream.message_id)
+    await streams.remove(stream)
+    frame: dict[str, Any] = {
+        "type": "stream.finished",
+        "message_id": stream.message_id,
+        "status": status,
+        "chunks": stream.chunks,
+    }
+    if error:
+        frame["error"] = error
+    with contextlib.suppress(Exception):
+        await send(frame)
+    logger.info(
+        "Stream %s finished %s after %d chunks", stream.message_id, status, stream.chunks
+    )
+
+
+async def stream_stop_and_wait(
+    stream: LocalStream, *, reason: StopReason = StopReason.INTERRUPTED
+) -> None:
+    """Stop a stream this caller owns and wait until it has saved its text (client went away)."""
+    task = stream.task
+    stream.stop(reason)
+    if task is None or task.done():
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
+    except TimeoutError:
+        logger.error("Stream %s did not stop within %.0f s", stream.message_id, STOP_GRACE_SECONDS)
+        task.cancel()
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+# --- Cancel ------------------------------------------------------------------------------------
+
+
+def _stop_everywhere_in_process(message_id: str) -> bool:
+    """Stop the stream if any event loop of this process runs it (thread-safe)."""
+    try:
+        current = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    found = False
+    for streams in all_instance_streams():
+        if message_id not in streams.streams:
+            continue
+        found = True
+        if streams.loop is current or streams.loop is None:
+            streams.stop_local(message_id, StopReason.CANCELLED)
+        elif not streams.loop.is_closed():
+            streams.loop.call_soon_threadsafe(
+                streams.stop_local, message_id, StopReason.CANCELLED
+            )
+    return found
+
+
+async def stream_cancel(*, owner: Owner, message_id: uuid.UUID) -> CancelResult:
+    """Cancel a running reply for its owner (or staff), wherever it runs.
+
+    Raises ``ClientError`` ``not_found`` for unknown or already finished replies and ``forbidden``
+    for someone else's. A stream on this instance stops at once; for one elsewhere the flag is
+    written and its instance's watcher stops it on its next check.
+    """
+    message = await database_sync_to_async(_owned_message)(owner, message_id)
+    if message.role != Message.Role.ASSISTANT or message.status != Message.Status.STREAMING:
+        raise ClientError(NOT_FOUND, "This reply is not streaming.")
+    key = str(message_id)
+    local = _stop_everywhere_in_process(key)
+    written = True
+    try:
+        await get_store().set_cancelled(key)
+    except StoreUnavailable as exc:
+        written = False
+        logger.error("Could not write the cancel flag of %s: %s", key, exc)
+    logger.info("Cancel of %s: local=%s flag=%s", key, local, written)
+    return CancelResult(message_id=message_id, delivered=local or written)
