@@ -24,6 +24,10 @@ CLOSE_NO_SESSION = 4401
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    # No channel layer: the consumer needs none (cancels travel through the cancel store), and a
+    # Redis-backed layer would close every socket with 1011 the moment Redis goes down.
+    channel_layer_alias = "__no_channel_layer__"
+
     owner: Owner
     streams: dict[str, LocalStream]
 

@@ -161,14 +161,21 @@ async def _run_stream(
                     stream.awaiting_source = False
                 if stream.stop_reason is not None:
                     break  # Produced after Stop: never shown, so never stored.
-                await send(
-                    {
-                        "type": "stream.chunk",
-                        "message_id": stream.message_id,
-                        "index": stream.chunks,
-                        "text": chunk,
-                    }
-                )
+                frame = {
+                    "type": "stream.chunk",
+                    "message_id": stream.message_id,
+                    "index": stream.chunks,
+                    "text": chunk,
+                }
+                try:
+                    await send(frame)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Daphne raises once the socket is closed: the client left mid-reply.
+                    logger.info("Stream %s lost its client: %r", stream.message_id, exc)
+                    stream.stop(StopReason.INTERRUPTED)
+                    break
                 stream.parts.append(chunk)
                 stream.chunks += 1
                 streams.chunk_sent(stream)
