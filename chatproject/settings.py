@@ -160,6 +160,13 @@ INSTANCE_ID = os.environ.get("INSTANCE_ID", "") or f"{socket.gethostname()}:{os.
 
 # --- Streaming -------------------------------------------------------------------------------
 
+#: "batched" (default): one batched flag read per instance per check, plus pub/sub push.
+#: "poll": the original design (each stream GETs its flag every N chunks, no push), for benchmarks.
+STREAM_CANCEL_MODE = os.environ.get("STREAM_CANCEL_MODE", "batched").strip().lower()
+if STREAM_CANCEL_MODE not in {"batched", "poll"}:
+    raise ImproperlyConfigured(
+        f"STREAM_CANCEL_MODE must be 'batched' or 'poll', got {STREAM_CANCEL_MODE!r}"
+    )
 #: Prefix of every Redis key the streaming app writes.
 STREAM_REDIS_PREFIX = os.environ.get("STREAM_REDIS_PREFIX", "chat")
 #: Seconds between two chunks of the demo token source.

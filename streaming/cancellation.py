@@ -29,7 +29,12 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from .redis_clients import PerLoopClients, make_async_client, make_sync_client
+from .redis_clients import (
+    PerLoopClients,
+    make_async_client,
+    make_pubsub_client,
+    make_sync_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +101,15 @@ class CancelStore:
 
     async def clear(self, message_id: str) -> None:
         raise NotImplementedError
+
+    # Push.
+    #: Whether instances should subscribe to cancel notices (only useful across processes).
+    supports_push = False
+
+    async def cancel_and_notify(self, message_id: str, instance: str) -> int:
+        """Write the flag and push a notice to ``instance``; returns how many subscribers got it."""
+        await self.set_cancelled(message_id)
+        return 0
 
     # Registry.
     async def register(self, info: StreamInfo) -> None:
@@ -203,6 +217,8 @@ _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
 class RedisCancelStore(CancelStore):
     """Store shared by every instance through one Redis."""
 
+    supports_push = True
+
     def __init__(
         self,
         *,
@@ -212,6 +228,7 @@ class RedisCancelStore(CancelStore):
         max_connections: int = 20,
         async_client_factory: Callable[[], aredis.Redis] | None = None,
         sync_client: redis.Redis | None = None,
+        pubsub_client_factory: Callable[[], aredis.Redis] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -227,6 +244,13 @@ class RedisCancelStore(CancelStore):
         self._sync_factory = lambda: make_sync_client(
             url, timeout=timeout, max_connections=max_connections
         )
+        if pubsub_client_factory is None:
+
+            def pubsub_client_factory() -> aredis.Redis:
+                return make_pubsub_client(url, timeout=timeout)
+
+        #: Builds the dedicated client of an instance's cancel subscription.
+        self.pubsub_client_factory = pubsub_client_factory
 
     # Keys.
     def flag_key(self, message_id: str) -> str:
@@ -238,6 +262,10 @@ class RedisCancelStore(CancelStore):
     @property
     def instances_key(self) -> str:
         return f"{self.prefix}:instances"
+
+    def cancel_channel(self, instance: str) -> str:
+        """Pub/sub channel on which ``instance`` hears about cancels of its streams."""
+        return f"{self.prefix}:cancels:{instance}"
 
     # Plumbing.
     @property
@@ -287,6 +315,14 @@ class RedisCancelStore(CancelStore):
 
     async def clear(self, message_id: str) -> None:
         await self._call("delete", self.client.delete(self.flag_key(message_id)))
+
+    async def cancel_and_notify(self, message_id: str, instance: str) -> int:
+        # One round trip: the flag first (the source of truth), then the push notice.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.flag_key(message_id), b"1", ex=self.flag_ttl)
+        pipe.publish(self.cancel_channel(instance), message_id)
+        _, receivers = await self._call("cancel", pipe.execute())
+        return int(receivers)
 
     # Registry.
     async def register(self, info: StreamInfo) -> None:

@@ -18,6 +18,7 @@ from .exceptions import ClientError
 from .identity import Owner, owner_from
 from .instance import LocalStream
 from .protocol import ChatMessage, Ping, StreamCancel, parse_frame
+from .runtime import get_streams
 
 #: Close code for a handshake without the session cookie set by ``GET /``.
 CLOSE_NO_SESSION = 4401
@@ -39,6 +40,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.owner = owner
         self.streams = {}
+        get_streams().ensure_started()
         await self.accept()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

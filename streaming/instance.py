@@ -8,6 +8,13 @@ the flags of all due streams with one ``MGET``; the chunk-send path never touche
 Per-stream semantics are kept: every stream is checked at least every ``check_seconds`` (a sweep of
 all streams, which also covers a stream still waiting for its first chunk) and, when chunks come
 faster than that, after ``check_chunks`` chunks (served by an early, coalesced batch).
+
+On top of the flags, a Redis store pushes cancel notices to the instance running the stream (see
+``streaming/pubsub.py``), so a cross-instance cancel normally lands in milliseconds; the flag
+checks are the safety net.
+
+``mode="poll"`` reproduces the original design for comparison in the benchmarks: no watcher and no
+push; each stream reads its own flag inline every ``check_chunks`` chunks.
 """
 
 from __future__ import annotations
@@ -20,9 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .cancellation import CancelStore, StoreUnavailable, StreamInfo
+from .cancellation import CancelStore, RedisCancelStore, StoreUnavailable, StreamInfo
+from .pubsub import CancelSubscriber
 
 logger = logging.getLogger(__name__)
+
+
+class CancelMode(StrEnum):
+    BATCHED = "batched"
+    POLL = "poll"
 
 
 class StopReason(StrEnum):
@@ -90,6 +103,8 @@ class InstanceStreams:
         check_chunks: int,
         check_seconds: float,
         heartbeat_seconds: float,
+        mode: CancelMode = CancelMode.BATCHED,
+        push: bool = True,
         min_batch_interval: float = 0.02,
         on_check_error: Callable[[str], None] | None = None,
     ) -> None:
@@ -98,7 +113,11 @@ class InstanceStreams:
         self.check_chunks = check_chunks
         self.check_seconds = check_seconds
         self.heartbeat_seconds = heartbeat_seconds
+        self.mode = CancelMode(mode)
+        self.push = push and self.mode is CancelMode.BATCHED and store.supports_push
         self.min_batch_interval = min_batch_interval
+        self.subscriber: CancelSubscriber | None = None
+        self._subscriber_task: asyncio.Task | None = None
         self.on_check_error = on_check_error
         self.streams: dict[str, LocalStream] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -109,11 +128,34 @@ class InstanceStreams:
         self._last_error_log = 0.0
         self.checks = 0
 
+    def ensure_started(self) -> None:
+        """Start the instance's cancel subscription (once per loop); called on every connect.
+
+        The subscription lives as long as the event loop, so a cancel for a stream that starts a
+        moment later still finds a listener; its first act is a check of all local flags.
+        """
+        self.loop = asyncio.get_running_loop()
+        if not self.push or (self._subscriber_task and not self._subscriber_task.done()):
+            return
+        store = self.store
+        assert isinstance(store, RedisCancelStore)
+        self.subscriber = CancelSubscriber(
+            client_factory=store.pubsub_client_factory,
+            channel=store.cancel_channel(self.instance_id),
+            on_cancel=lambda message_id: self.stop_local(message_id, StopReason.CANCELLED),
+            on_subscribed=self.check_all_now,
+            timeout=store.timeout,
+        )
+        self._subscriber_task = asyncio.create_task(
+            self.subscriber.run_forever(), name=f"cancel-subscriber-{self.instance_id}"
+        )
+
     # Membership.
     async def add(self, stream: LocalStream) -> None:
         """Called when a stream starts, before its first chunk."""
         self.loop = asyncio.get_running_loop()
         self.streams[stream.message_id] = stream
+        self.ensure_started()
         self._ensure_background()
         try:
             await self.store.register(stream.info())
@@ -137,18 +179,41 @@ class InstanceStreams:
         stream.stop(reason)
         return True
 
-    def chunk_sent(self, stream: LocalStream) -> None:
-        """Called after every chunk reached the client; asks for an early check every N chunks."""
+    async def chunk_sent(self, stream: LocalStream) -> None:
+        """Called after every chunk reached the client; a check is due every N chunks.
+
+        Batched mode only records the request (the watcher serves it off the chunk path); poll
+        mode reads the flag right here, as the original design did.
+        """
         stream.chunks_since_check += 1
-        if stream.chunks_since_check >= self.check_chunks:
-            stream.chunks_since_check = 0
+        if stream.chunks_since_check < self.check_chunks:
+            return
+        stream.chunks_since_check = 0
+        if self.mode is CancelMode.BATCHED:
             self._due.add(stream.message_id)
             self._wake.set()
+            return
+        self.checks += 1
+        try:
+            cancelled = await self.store.is_cancelled(stream.message_id)
+        except StoreUnavailable as exc:
+            self._store_failed("check", exc)
+            return
+        self._store_ok()
+        if cancelled:
+            stream.stop(StopReason.CANCELLED)
+
+    async def check_all_now(self) -> None:
+        """Check every local stream's flag at once (after the subscription was re-established)."""
+        await self.check_now(list(self.streams))
 
     # Background work, alive while this loop has streams.
     def _ensure_background(self) -> None:
         if not self._tasks:
-            for coro in (self._watch(), self._heartbeat()):
+            coros = [self._heartbeat()]
+            if self.mode is CancelMode.BATCHED:
+                coros.append(self._watch())
+            for coro in coros:
                 task = asyncio.create_task(coro)
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -206,9 +271,12 @@ class InstanceStreams:
 
     async def aclose(self) -> None:
         """Cancel and await the background tasks (tests and shutdown)."""
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        if self._subscriber_task is not None:
+            tasks.append(self._subscriber_task)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
+        for task in tasks:
             try:
                 await task
             except asyncio.CancelledError:

@@ -39,6 +39,18 @@ def make_async_client(url: str, *, timeout: float, max_connections: int) -> ared
     return aredis.Redis(connection_pool=pool)
 
 
+def make_pubsub_client(url: str, *, timeout: float) -> aredis.Redis:
+    """A client for one long-lived subscription: no read timeout (it waits for messages; the
+    subscriber pings to detect a dead or frozen server), a short connect timeout, no retries
+    (the subscriber reconnects itself, with backoff and a log line)."""
+    return aredis.Redis.from_url(
+        url,
+        socket_timeout=None,
+        socket_connect_timeout=timeout,
+        retry=AsyncRetry(NoBackoff(), 0),
+    )
+
+
 def make_sync_client(url: str, *, timeout: float, max_connections: int) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(
         url,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 
+import redis.asyncio as aredis
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .cancellation import CancelStore, InMemoryCancelStore, RedisCancelStore
-from .instance import InstanceStreams, get_instance_streams
+from .instance import CancelMode, InstanceStreams, get_instance_streams
 
 
 @functools.cache
@@ -24,6 +25,19 @@ def get_store() -> CancelStore:
         "registry_ttl": settings.STREAM_REGISTRY_TTL,
         "stale_after": settings.STREAM_STALE_AFTER_SECONDS,
     }
+    if settings.REDIS_URL and settings.STREAM_CANCEL_MODE == CancelMode.POLL:
+        # The original design, kept for the benchmarks: redis-py's default (non-blocking) pool.
+        url, timeout = settings.REDIS_URL, settings.STREAM_REDIS_TIMEOUT
+        return RedisCancelStore(
+            prefix=settings.STREAM_REDIS_PREFIX,
+            timeout=timeout,
+            async_client_factory=lambda: aredis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            ),
+            sync_client=None,
+            url=url,
+            **common,
+        )
     if settings.REDIS_URL:
         return RedisCancelStore(
             url=settings.REDIS_URL,
@@ -44,13 +58,14 @@ def get_streams() -> InstanceStreams:
             check_chunks=settings.STREAM_CANCEL_CHECK_CHUNKS,
             check_seconds=settings.STREAM_CANCEL_CHECK_SECONDS,
             heartbeat_seconds=settings.STREAM_HEARTBEAT_SECONDS,
+            mode=CancelMode(settings.STREAM_CANCEL_MODE),
         )
     )
 
 
 @receiver(setting_changed)
 def _reset_on_setting_change(*, setting: str, **kwargs: object) -> None:
-    if setting == "REDIS_URL" or setting.startswith("STREAM_"):
+    if setting in {"REDIS_URL", "INSTANCE_ID"} or setting.startswith("STREAM_"):
         get_store.cache_clear()
         from . import instance
 

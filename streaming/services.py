@@ -176,7 +176,7 @@ async def _run_stream(
                     break
                 stream.parts.append(chunk)
                 stream.chunks += 1
-                streams.chunk_sent(stream)
+                await streams.chunk_sent(stream)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if stream.stop_reason is not None and task is not None:
@@ -277,11 +277,17 @@ async def stream_cancel(*, owner: Owner, message_id: uuid.UUID) -> CancelResult:
         raise ClientError(NOT_FOUND, "This reply is not streaming.")
     key = str(message_id)
     local = _stop_everywhere_in_process(key)
+    streams = get_streams()
     written = True
+    pushed = 0
     try:
-        await get_store().set_cancelled(key)
+        if local or not streams.push:
+            await get_store().set_cancelled(key)
+        else:
+            # Flag and push notice to the instance that runs it, in one round trip.
+            pushed = await get_store().cancel_and_notify(key, message.instance)
     except StoreUnavailable as exc:
         written = False
         logger.error("Could not write the cancel flag of %s: %s", key, exc)
-    logger.info("Cancel of %s: local=%s flag=%s", key, local, written)
+    logger.info("Cancel of %s: local=%s flag=%s pushed=%s", key, local, written, pushed)
     return CancelResult(message_id=message_id, delivered=local or written)

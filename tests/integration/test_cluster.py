@@ -3,53 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from streaming.backends import demo_chunks
-from tests.integration.cluster import ChatSession, DaphneInstance, migrate, sqlite_url
-from tests.redis_server import RedisServer
+from tests.integration.cluster import ChatSession, DaphneInstance
+from tests.integration.conftest import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 WORDS = 400
 
 
-@dataclass
-class Cluster:
-    redis: RedisServer
-    a: DaphneInstance
-    b: DaphneInstance
-
-
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    redis = RedisServer().start()
-    database = sqlite_url()
-    migrate(database)
-    env = {
-        "REDIS_URL": redis.url,
-        "DATABASE_URL": database,
-        "STREAM_CHUNK_DELAY": "0.02",
-        "DEMO_REPLY_WORDS": str(WORDS),
-        "STREAM_CANCEL_CHECK_SECONDS": "0.2",
-        "STREAM_HEARTBEAT_SECONDS": "0.5",
-        "STREAM_REDIS_TIMEOUT": "0.3",
-    }
-    a = DaphneInstance("instance-a", env)
-    b = DaphneInstance("instance-b", env)
-    try:
-        a.start()
-        b.start()
-        yield Cluster(redis, a, b)
-    finally:
-        for instance in (a, b):
-            instance.stop()
-        redis.stop()
-    for instance in (a, b):
-        assert "Traceback" not in instance.log(), instance.log()
+def cluster(make_cluster) -> Cluster:
+    return make_cluster(
+        STREAM_CHUNK_DELAY="0.02",
+        DEMO_REPLY_WORDS=str(WORDS),
+        STREAM_CANCEL_CHECK_SECONDS="0.2",
+    )
 
 
 async def stored_reply(session: ChatSession, instance: DaphneInstance, started: dict) -> dict:
