@@ -118,8 +118,19 @@ class CancelStore:
     async def unregister(self, instance: str, message_id: str) -> None:
         raise NotImplementedError
 
-    async def heartbeat(self, instance: str, streams: Iterable[StreamInfo]) -> None:
-        """Mark ``instance`` alive and refresh its streams' entries, in one round trip."""
+    async def heartbeat(
+        self,
+        instance: str,
+        streams: Iterable[StreamInfo],
+        removed: Iterable[str] = (),
+        *,
+        beat: bool = True,
+    ) -> None:
+        """Write ``streams``, drop ``removed`` and (if ``beat``) mark ``instance`` alive.
+
+        One round trip whatever the number of streams: instances batch their registry updates
+        into this call instead of one write per stream start, chunk and end.
+        """
         raise NotImplementedError
 
     async def list_active(self) -> list[StreamInfo]:
@@ -185,11 +196,21 @@ class InMemoryCancelStore(CancelStore):
     async def unregister(self, instance: str, message_id: str) -> None:
         self._streams.get(instance, {}).pop(message_id, None)
 
-    async def heartbeat(self, instance: str, streams: Iterable[StreamInfo]) -> None:
+    async def heartbeat(
+        self,
+        instance: str,
+        streams: Iterable[StreamInfo],
+        removed: Iterable[str] = (),
+        *,
+        beat: bool = True,
+    ) -> None:
         entries = self._streams.setdefault(instance, {})
         for info in streams:
             entries[info.message_id] = info
-        self._heartbeats[instance] = self.clock()
+        for message_id in removed:
+            entries.pop(message_id, None)
+        if beat or instance not in self._heartbeats:
+            self._heartbeats[instance] = self.clock()
 
     def list_active_sync(self) -> list[StreamInfo]:
         now = self.clock()
@@ -337,13 +358,27 @@ class RedisCancelStore(CancelStore):
     async def unregister(self, instance: str, message_id: str) -> None:
         await self._call("unregister", self.client.hdel(self.streams_key(instance), message_id))
 
-    async def heartbeat(self, instance: str, streams: Iterable[StreamInfo]) -> None:
+    async def heartbeat(
+        self,
+        instance: str,
+        streams: Iterable[StreamInfo],
+        removed: Iterable[str] = (),
+        *,
+        beat: bool = True,
+    ) -> None:
         key = self.streams_key(instance)
         mapping = {info.message_id: info.to_json() for info in streams}
+        gone = [m for m in removed if m not in mapping]
         pipe = self.client.pipeline(transaction=False)
+        if gone:
+            pipe.hdel(key, *gone)
         if mapping:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self.registry_ttl)
+        if not beat:
+            if mapping or gone:
+                await self._call("registry", pipe.execute())
+            return
         now = self.clock()
         pipe.zadd(self.instances_key, {instance: now})
         # Forget instances silent for longer than their entries live.

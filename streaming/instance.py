@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from .cancellation import CancelStore, RedisCancelStore, StoreUnavailable, StreamInfo
 from .pubsub import CancelSubscriber
@@ -105,6 +106,7 @@ class InstanceStreams:
         heartbeat_seconds: float,
         mode: CancelMode = CancelMode.BATCHED,
         push: bool = True,
+        registry_flush_seconds: float = 0.25,
         min_batch_interval: float = 0.02,
         on_check_error: Callable[[str], None] | None = None,
     ) -> None:
@@ -121,9 +123,15 @@ class InstanceStreams:
         self.on_check_error = on_check_error
         self.streams: dict[str, LocalStream] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.registry_flush_seconds = min(registry_flush_seconds, heartbeat_seconds)
+        self._registry_dirty: set[str] = set()
+        self._registry_removed: set[str] = set()
+        self._registry_wake = asyncio.Event()
         self._due: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._heartbeat_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
         self._failing_since: float | None = None
         self._last_error_log = 0.0
         self.checks = 0
@@ -152,24 +160,26 @@ class InstanceStreams:
 
     # Membership.
     async def add(self, stream: LocalStream) -> None:
-        """Called when a stream starts, before its first chunk."""
+        """Called when a stream starts, before its first chunk.
+
+        The registry learns about it with the next batched registry write (within
+        ``registry_flush_seconds``), not with a Redis call of its own.
+        """
         self.loop = asyncio.get_running_loop()
         self.streams[stream.message_id] = stream
+        self._registry_dirty.add(stream.message_id)
         self.ensure_started()
         self._ensure_background()
-        try:
-            await self.store.register(stream.info())
-        except StoreUnavailable as exc:
-            self._store_failed("register", exc)
+        self._registry_wake.set()
 
     async def remove(self, stream: LocalStream) -> None:
-        """Called when a stream has ended; cleanup failures are left to the registry TTL."""
+        """Called when a stream has ended; its registry entry goes with the next batched write."""
         self.streams.pop(stream.message_id, None)
         self._due.discard(stream.message_id)
-        try:
-            await self.store.unregister(self.instance_id, stream.message_id)
-        except StoreUnavailable as exc:
-            self._store_failed("unregister", exc)
+        self._registry_dirty.discard(stream.message_id)
+        self._registry_removed.add(stream.message_id)
+        self._ensure_background()
+        self._registry_wake.set()
 
     def stop_local(self, message_id: str, reason: StopReason) -> bool:
         """Stop a stream if it runs here; True when it does (whether or not already stopping)."""
@@ -209,14 +219,17 @@ class InstanceStreams:
 
     # Background work, alive while this loop has streams.
     def _ensure_background(self) -> None:
-        if not self._tasks:
-            coros = [self._heartbeat()]
-            if self.mode is CancelMode.BATCHED:
-                coros.append(self._watch())
-            for coro in coros:
-                task = asyncio.create_task(coro)
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        if self._heartbeat_task is None or self._heartbeat_task.done():
+            self._heartbeat_task = self._spawn(self._heartbeat())
+        if self.mode is CancelMode.BATCHED and self.streams:
+            if self._watch_task is None or self._watch_task.done():
+                self._watch_task = self._spawn(self._watch())
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -258,16 +271,40 @@ class InstanceStreams:
             self.stop_local(message_id, StopReason.CANCELLED)
 
     async def _heartbeat(self) -> None:
-        while self.streams:
+        """Keep the registry in step: a full heartbeat every ``heartbeat_seconds``, and the
+        streams that started or ended in between at most every ``registry_flush_seconds``."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time()
+        while self.streams or self._registry_removed:
+            beat = loop.time() >= next_beat
+            if beat:
+                upsert = list(self.streams.values())
+            else:
+                upsert = [self.streams[m] for m in self._registry_dirty if m in self.streams]
+            removed = set(self._registry_removed)
+            self._registry_dirty.clear()
+            self._registry_removed.clear()
+            self._registry_wake.clear()
             try:
                 await self.store.heartbeat(
-                    self.instance_id, [s.info() for s in list(self.streams.values())]
+                    self.instance_id, [s.info() for s in upsert], removed, beat=beat
                 )
             except StoreUnavailable as exc:
                 self._store_failed("heartbeat", exc)
+                # Retry the unsent changes with the next write; the TTL covers the rest.
+                self._registry_removed |= removed - set(self.streams)
+                self._registry_dirty |= {s.message_id for s in upsert} & set(self.streams)
             else:
                 self._store_ok()
-            await asyncio.sleep(self.heartbeat_seconds)
+            if beat:
+                next_beat = loop.time() + self.heartbeat_seconds
+            await asyncio.sleep(self.registry_flush_seconds)
+            if not (self._registry_dirty or self._registry_removed):
+                try:
+                    async with asyncio.timeout_at(next_beat):
+                        await self._registry_wake.wait()
+                except TimeoutError:
+                    pass
 
     async def aclose(self) -> None:
         """Cancel and await the background tasks (tests and shutdown)."""

@@ -276,18 +276,21 @@ async def stream_cancel(*, owner: Owner, message_id: uuid.UUID) -> CancelResult:
     if message.role != Message.Role.ASSISTANT or message.status != Message.Status.STREAMING:
         raise ClientError(NOT_FOUND, "This reply is not streaming.")
     key = str(message_id)
-    local = _stop_everywhere_in_process(key)
+    if _stop_everywhere_in_process(key):
+        # It runs here and is stopping now: no Redis round trip, so a same-instance Stop is
+        # instant and works whatever state Redis is in.
+        logger.info("Cancel of %s: stopped locally", key)
+        return CancelResult(message_id=message_id, delivered=True)
     streams = get_streams()
-    written = True
-    pushed = 0
     try:
-        if local or not streams.push:
-            await get_store().set_cancelled(key)
-        else:
+        if streams.push:
             # Flag and push notice to the instance that runs it, in one round trip.
             pushed = await get_store().cancel_and_notify(key, message.instance)
+        else:
+            await get_store().set_cancelled(key)
+            pushed = 0
     except StoreUnavailable as exc:
-        written = False
         logger.error("Could not write the cancel flag of %s: %s", key, exc)
-    logger.info("Cancel of %s: local=%s flag=%s pushed=%s", key, local, written, pushed)
-    return CancelResult(message_id=message_id, delivered=local or written)
+        return CancelResult(message_id=message_id, delivered=False)
+    logger.info("Cancel of %s: flag written, pushed to %d subscriber(s)", key, pushed)
+    return CancelResult(message_id=message_id, delivered=True)

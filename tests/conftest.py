@@ -76,6 +76,17 @@ def make_session() -> Callable[[str], Awaitable[str]]:
     return make
 
 
+async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float = 3) -> None:
+    """Wait until ``predicate()`` holds (the registry is written in batches, not at once)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        assert loop.time() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
 class Client:
     """A WebSocket client speaking the JSON contract."""
 

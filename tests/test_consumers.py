@@ -12,12 +12,17 @@ from channels.db import database_sync_to_async
 from streaming.backends import demo_chunks
 from streaming.models import Message
 from streaming.runtime import get_store
+from tests.conftest import eventually
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 async def message(message_id: str) -> Message:
     return await Message.objects.aget(pk=message_id)
+
+
+async def no_active_streams() -> bool:
+    return await get_store().list_active() == []
 
 
 async def test_ping_pong(connect):
@@ -236,7 +241,7 @@ async def test_disconnect_records_interrupted_with_partial_text(connect, setting
     assert stored.status == "interrupted"
     assert stored.text.startswith("".join(chunks))
     assert stored.text == "".join(demo_chunks("leaving soon", 500)[: stored.chunks])
-    assert await get_store().list_active() == []
+    await eventually(no_active_streams)
 
 
 async def test_registry_lists_running_stream_and_forgets_it(connect, settings):
@@ -245,6 +250,7 @@ async def test_registry_lists_running_stream_and_forgets_it(connect, settings):
     started = await client.start("registry")
     await client.receive()
     await asyncio.sleep(0.1)  # Let a heartbeat refresh the chunk count.
+    await eventually(lambda: get_store().list_active())
     [info] = await get_store().list_active()
     assert info.message_id == started["message_id"]
     assert info.conversation_id == started["conversation_id"]
@@ -252,7 +258,7 @@ async def test_registry_lists_running_stream_and_forgets_it(connect, settings):
     assert info.chunks >= 1 and not info.stale
     await client.send({"type": "stream.cancel", "message_id": started["message_id"]})
     await client.receive_until("stream.finished")
-    assert await get_store().list_active() == []
+    await eventually(no_active_streams)
 
 
 async def test_two_streams_on_one_socket_are_independent(connect, settings):

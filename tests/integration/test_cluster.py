@@ -63,8 +63,12 @@ async def test_http_cancel_on_other_instance(cluster):
     on_a = await session.socket(cluster.a)
     started = await on_a.start("http cancel")
     await on_a.receive()
-    status, body = await session.get_json(cluster.b, "/api/streams/active/")
-    assert status == 200
+    for _ in range(50):  # The registry is written in batches (every 0.25 s at most).
+        status, body = await session.get_json(cluster.b, "/api/streams/active/")
+        assert status == 200
+        if body["streams"]:
+            break
+        await asyncio.sleep(0.05)
     assert [s["message_id"] for s in body["streams"]] == [started["message_id"]]
     assert body["streams"][0]["instance"] == "instance-a"
     status, body = await session.post_json(
