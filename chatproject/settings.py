@@ -106,7 +106,7 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        conn_max_age=0,
+        conn_max_age=int(_env_number("DATABASE_CONN_MAX_AGE", 0, cast=int)),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -197,6 +197,9 @@ STREAM_REDIS_MAX_CONNECTIONS = int(
 )
 #: Dotted path of the token source class (see streaming/backends.py).
 STREAM_BACKEND = os.environ.get("STREAM_BACKEND", "streaming.backends.DemoBackend")
+
+#: Route ``/ws/bare/``, the no-machinery baseline of bench/capacity.py. Never in production.
+STREAM_BENCH_BARE = _env_bool("STREAM_BENCH_BARE", False)
 
 # --- Logging ---------------------------------------------------------------------------------
 

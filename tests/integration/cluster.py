@@ -171,9 +171,9 @@ class ChatSession:
     def cookie_header(self) -> str:
         return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
 
-    async def socket(self, instance: DaphneInstance) -> ChatSocket:
+    async def socket(self, instance: DaphneInstance, path: str = "/ws/chat/") -> ChatSocket:
         connection = await websockets.connect(
-            instance.ws,
+            f"ws://127.0.0.1:{instance.port}{path}",
             additional_headers={"Cookie": self.cookie_header},
             origin=f"http://127.0.0.1:{instance.port}",
             max_size=2**22,
