@@ -7,6 +7,7 @@ the same socket wait for the whole reply (django/channels#1924).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -83,8 +84,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes: running replies end ``interrupted``, text saved."""
-        for stream in list(getattr(self, "streams", {}).values()):
-            await services.stream_stop_and_wait(stream)
+        streams = list(getattr(self, "streams", {}).values())
+        await asyncio.gather(*(services.stream_stop_and_wait(stream) for stream in streams))
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
