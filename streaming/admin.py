@@ -297,7 +297,13 @@ class MessageAdmin(admin.ModelAdmin):
             self.message_user(request, "Select at least one stream to cancel.", messages.WARNING)
         elif ids:
             func, _name, _description = actions[CANCEL_ACTION]
-            func(self, request, Message.objects.filter(pk__in=ids))
+            queryset = Message.objects.filter(pk__in=ids)
+            func(self, request, queryset)
+            missing = len(set(ids)) - queryset.count()
+            if missing:
+                self.message_user(
+                    request, f"{_plural(missing, 'selected reply')} not found.", messages.INFO
+                )
         return HttpResponseRedirect(request.get_full_path())
 
     def _rows(self, streams: list[StreamInfo]) -> list[StreamRow]:
