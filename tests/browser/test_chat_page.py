@@ -3,60 +3,15 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urljoin
 
 import pytest
-from playwright.sync_api import BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, expect
 
 from streaming.backends import demo_chunks
+from tests.browser.chat import UUID, open_chat, send, shown, stored, wait_for_chunks
 from tests.browser.conftest import REPLY_WORDS, Server
 
 pytestmark = pytest.mark.timeout(90)
-
-UUID = r"[0-9a-f-]{36}"
-
-
-def open_chat(context: BrowserContext, url: str) -> Page:
-    page = context.new_page()
-    page.goto(url)
-    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
-    return page
-
-
-def send(page: Page, text: str) -> Locator:
-    """Type ``text`` and press Enter; returns the reply element once the server announced it."""
-    before = page.locator(".msg.assistant").count()
-    page.get_by_role("textbox", name="Message").fill(text)
-    page.get_by_role("textbox", name="Message").press("Enter")
-    reply = page.locator(".msg.assistant").nth(before)
-    expect(reply).to_have_attribute("data-message-id", re.compile(UUID))
-    return reply
-
-
-def shown(reply: Locator) -> tuple[int, str]:
-    """Chunks received and text shown, read in one go (the reply may still be growing)."""
-    chunks, text = reply.evaluate(
-        "el => [Number(el.dataset.chunks || 0), el.querySelector('.body').textContent]"
-    )
-    return chunks, text
-
-
-def wait_for_chunks(reply: Locator, count: int) -> None:
-    reply.page.wait_for_function(
-        "([el, n]) => Number(el.dataset.chunks || 0) >= n", arg=[reply.element_handle(), count]
-    )
-
-
-def stored(page: Page, reply: Locator) -> dict:
-    conversation = re.search(r"[?&]c=(" + UUID + ")", page.url)
-    assert conversation, page.url
-    response = page.request.get(
-        urljoin(page.url, f"/api/conversations/{conversation.group(1)}/messages/")
-    )
-    assert response.ok
-    message_id = reply.get_attribute("data-message-id")
-    [message] = [m for m in response.json()["messages"] if m["message_id"] == message_id]
-    return message
 
 
 def test_message_streams_in_chunk_by_chunk_as_text(context: BrowserContext, server: Server) -> None:
@@ -167,3 +122,20 @@ def test_lost_connection_shows_the_reply_interrupted_after_resync(
     assert message["status"] == "interrupted"
     expect(reply.locator(".body")).to_have_text(message["text"], use_inner_text=False)
     assert page.evaluate("window.__sockets.length") == 2
+
+
+def test_phone_width_layout_fits_the_screen(browser: Browser, server: Server) -> None:
+    phone = browser.new_context(viewport={"width": 390, "height": 760})
+    try:
+        page = open_chat(phone, server.url)
+        reply = send(page, "a long reply on a small screen " * 4)
+        wait_for_chunks(reply, 30)
+        expect(page.get_by_role("button", name="Stop")).to_be_visible()
+        overflow, box_width = page.evaluate(
+            "() => [document.documentElement.scrollWidth - innerWidth,"
+            " document.getElementById('message').getBoundingClientRect().width]"
+        )
+        assert overflow <= 0
+        assert box_width >= 250
+    finally:
+        phone.close()
