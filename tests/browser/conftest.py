@@ -34,12 +34,6 @@ REPLY_WORDS = 400
 CHUNK_DELAY = 0.05
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/browser/" in str(item.path).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.browser)
-
-
 @dataclass(frozen=True)
 class Admin:
     username: str

@@ -8,7 +8,7 @@ from playwright.sync_api import Browser, BrowserContext, expect
 from tests.browser.chat import open_chat, send, shown, wait_for_chunks
 from tests.browser.conftest import REPLY_WORDS, Server
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
 
 def test_admin_sees_and_cancels_a_running_stream(

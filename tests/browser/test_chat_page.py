@@ -11,7 +11,7 @@ from streaming.backends import demo_chunks
 from tests.browser.chat import UUID, open_chat, send, shown, stored, wait_for_chunks
 from tests.browser.conftest import REPLY_WORDS, Server
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
 
 def test_message_streams_in_chunk_by_chunk_as_text(context: BrowserContext, server: Server) -> None:
