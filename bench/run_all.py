@@ -1,7 +1,7 @@
 """Run the four benchmarks for both cancel modes and write docs/benchmarks.json.
 
-    .venv/bin/python bench/run_all.py            # full sizes (about 10 minutes)
-    .venv/bin/python bench/run_all.py --quick    # small sizes, a smoke run
+.venv/bin/python bench/run_all.py            # full sizes (about 10 minutes)
+.venv/bin/python bench/run_all.py --quick    # small sizes, a smoke run
 """
 
 from __future__ import annotations

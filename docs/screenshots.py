@@ -52,8 +52,10 @@ def main() -> None:
             size = {"width": 1200, "height": 760}
 
             # Two other users streaming, one on each instance.
-            for url, prompt in ((web1.http, "Summarise the release notes"),
-                                (web2.http, "Draft a reply to the support ticket")):
+            for url, prompt in (
+                (web1.http, "Summarise the release notes"),
+                (web2.http, "Draft a reply to the support ticket"),
+            ):
                 other = open_chat(browser.new_context(viewport=size), url)
                 wait_for_chunks(send(other, prompt), 2)
 

@@ -192,15 +192,29 @@ class StreamRow:
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     list_display = (
-        "short_id", "conversation_link", "role", "status", "preview", "chunks", "instance",
+        "short_id",
+        "conversation_link",
+        "role",
+        "status",
+        "preview",
+        "chunks",
+        "instance",
         "created_at",
     )
     list_filter = ("status", "role", "instance", "created_at")
     search_fields = ("id", "text", "conversation__id", "conversation__title")
     list_select_related = ("conversation",)
     readonly_fields = (
-        "id", "conversation", "role", "status", "text", "chunks", "instance", "error",
-        "created_at", "finished_at",
+        "id",
+        "conversation",
+        "role",
+        "status",
+        "text",
+        "chunks",
+        "instance",
+        "error",
+        "created_at",
+        "finished_at",
     )
     date_hierarchy = "created_at"
     actions = [CANCEL_ACTION]
@@ -227,8 +241,9 @@ class MessageAdmin(admin.ModelAdmin):
     def cancel_selected_streams(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Cancel the streaming replies among the selected messages, wherever they run."""
         streaming = list(
-            queryset.filter(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
-            .values_list("pk", flat=True)
+            queryset.filter(
+                role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+            ).values_list("pk", flat=True)
         )
         report = cancel_streams(user=request.user, message_ids=streaming)
         report.not_running += queryset.count() - len(streaming)
@@ -314,9 +329,7 @@ class MessageAdmin(admin.ModelAdmin):
         )
         user_ids = {s.owner_user_id for s in streams if s.owner_user_id is not None}
         User = get_user_model()
-        usernames = {
-            user.pk: user.get_username() for user in User.objects.filter(pk__in=user_ids)
-        }
+        usernames = {user.pk: user.get_username() for user in User.objects.filter(pk__in=user_ids)}
         now = time.time()
         rows = []
         for s in streams:
@@ -335,4 +348,3 @@ class MessageAdmin(admin.ModelAdmin):
                 )
             )
         return rows
-

@@ -45,8 +45,14 @@ def create_superuser(database_url: str, *, username: str = "admin") -> Admin:
     password = secrets.token_urlsafe(16)
     subprocess.run(
         [
-            sys.executable, "manage.py", "createsuperuser", "--noinput",
-            "--username", username, "--email", f"{username}@example.com",
+            sys.executable,
+            "manage.py",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            username,
+            "--email",
+            f"{username}@example.com",
         ],
         cwd=ROOT,
         env={
