@@ -124,14 +124,19 @@ async def stream_start(
         owner_user_id=owner.user_id,
         instance=streams.instance_id,
     )
-    await send(
-        {
-            "type": "stream.started",
-            "message_id": stream.message_id,
-            "conversation_id": stream.conversation_id,
-        }
-    )
+    # Known locally before the client learns its id, so no cancel can miss it.
     await streams.add(stream)
+    try:
+        await send(
+            {
+                "type": "stream.started",
+                "message_id": stream.message_id,
+                "conversation_id": stream.conversation_id,
+            }
+        )
+    except Exception:
+        # The client left already: the task below ends at once and saves "interrupted".
+        stream.stop(StopReason.INTERRUPTED)
     source = (backend or get_backend()).stream(prompt=text, history=history)
     stream.task = asyncio.create_task(
         _run_stream(stream=stream, source=source, send=send, streams=streams),
