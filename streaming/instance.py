@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from . import metrics
 from .cancellation import CancelStore, StoreUnavailable, StreamInfo
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ class InstanceStreams:
             return
         self._store_ok()
         for message_id in cancelled:
+            metrics.cancel_arrived(message_id, metrics.FLAG)
             self.stop_local(message_id, StopReason.CANCELLED)
 
     async def _heartbeat(self) -> None:

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from . import metrics
 from .cancellation import CancelStore, InMemoryCancelStore, RedisCancelStore
 from .instance import InstanceStreams, get_instance_streams
 
@@ -44,6 +45,7 @@ def get_streams() -> InstanceStreams:
             check_chunks=settings.STREAM_CANCEL_CHECK_CHUNKS,
             check_seconds=settings.STREAM_CANCEL_CHECK_SECONDS,
             heartbeat_seconds=settings.STREAM_HEARTBEAT_SECONDS,
+            on_check_error=metrics.redis_error,
         )
     )
 

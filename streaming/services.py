@@ -18,11 +18,13 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from . import metrics
 from .backends import Backend, BackendError, Turn, get_backend
 from .cancellation import StoreUnavailable
 from .exceptions import FORBIDDEN, NOT_FOUND, ClientError
 from .identity import Owner
 from .instance import InstanceStreams, LocalStream, StopReason, all_instance_streams
+from .log import bind_stream
 from .models import Conversation, Message
 from .runtime import get_store, get_streams
 
@@ -116,6 +118,7 @@ async def stream_start(
     client goes away (see ``stream_stop_and_wait``).
     """
     streams = get_streams()
+    backend = backend or get_backend()  # Before storing anything: it may be misconfigured.
     conversation, reply, history = await database_sync_to_async(_create_turn)(
         owner, text, conversation_id, streams.instance_id
     )
@@ -134,7 +137,8 @@ async def stream_start(
         }
     )
     await streams.add(stream)
-    source = (backend or get_backend()).stream(prompt=text, history=history)
+    metrics.stream_started()
+    source = backend.stream(prompt=text, history=history)
     stream.task = asyncio.create_task(
         _run_stream(stream=stream, source=source, send=send, streams=streams),
         name=f"stream-{stream.message_id}",
@@ -146,6 +150,7 @@ async def _run_stream(
     *, stream: LocalStream, source: AsyncIterator[str], send: Send, streams: InstanceStreams
 ) -> None:
     """Send chunks until the source ends or the stream is stopped, then finish the message."""
+    bind_stream(stream.message_id)
     status = Message.Status.COMPLETED
     error = ""
     external_cancel = False
@@ -179,6 +184,7 @@ async def _run_stream(
                 stream.parts.append(chunk)
                 stream.chunks += 1
                 streams.chunk_sent(stream)
+                metrics.chunk_sent(chunks=stream.chunks, started_at=stream.started_at)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if stream.stop_reason is not None and task is not None:
@@ -196,6 +202,7 @@ async def _run_stream(
         status = Message.Status(stream.stop_reason.value)
         if stream.stop_reason is StopReason.INTERRUPTED and not error:
             error = "The connection was lost before the reply finished."
+    metrics.stream_stopped(stream.message_id)
     stream.stopped.set()
     try:
         await _finish(stream=stream, status=status, error=error, send=send, streams=streams)
@@ -215,6 +222,7 @@ async def _finish(
     except Exception:
         logger.exception("Could not save the end of stream %s", stream.message_id)
     await streams.remove(stream)
+    metrics.stream_finished(stream.message_id, status)
     frame: dict[str, Any] = {
         "type": "stream.finished",
         "message_id": stream.message_id,
@@ -241,7 +249,12 @@ async def stream_stop_and_wait(
     try:
         await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
     except TimeoutError:
-        logger.error("Stream %s did not stop within %.0f s", stream.message_id, STOP_GRACE_SECONDS)
+        logger.error(
+            "Stream %s did not stop within %.0f s",
+            stream.message_id,
+            STOP_GRACE_SECONDS,
+            extra={"stream_id": stream.message_id},
+        )
         task.cancel()
     except asyncio.CancelledError:
         task.cancel()
@@ -262,6 +275,7 @@ def _stop_everywhere_in_process(message_id: str) -> bool:
         if message_id not in streams.streams:
             continue
         found = True
+        metrics.cancel_arrived(message_id, metrics.LOCAL)
         if streams.loop is current or streams.loop is None:
             streams.stop_local(message_id, StopReason.CANCELLED)
         elif not streams.loop.is_closed():
@@ -288,6 +302,10 @@ async def stream_cancel(*, owner: Owner, message_id: uuid.UUID) -> CancelResult:
         await get_store().set_cancelled(key)
     except StoreUnavailable as exc:
         written = False
-        logger.error("Could not write the cancel flag of %s: %s", key, exc)
-    logger.info("Cancel of %s: local=%s flag=%s", key, local, written)
+        metrics.redis_error("set")
+        logger.error(
+            "Could not write the cancel flag of %s: %s", key, exc, extra={"stream_id": key}
+        )
+    logger.info("Cancel of %s: local=%s flag=%s", key, local, written, extra={"stream_id": key})
+    metrics.cancel_requested(local=local, flag_written=written)
     return CancelResult(message_id=message_id, delivered=local or written)
