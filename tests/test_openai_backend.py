@@ -17,6 +17,7 @@ from tests.fake_openai import FakeOpenAI
 from tests.redis_server import free_port
 
 OPENAI = "streaming.openai_backend.OpenAIBackend"
+TIMED_OUT = "The model did not answer in time. Please try again."
 
 
 @pytest.fixture
@@ -45,7 +46,12 @@ def use_model(settings: Any, fake_openai: FakeOpenAI) -> Any:
 
 def test_messages_carry_system_prompt_and_recent_history():
     backend = OpenAIBackend(model="m", system_prompt="Be brief.", max_history=2)
-    history = [Turn("user", "one"), Turn("assistant", "1"), Turn("user", "two"), Turn("assistant", "")]
+    history = [
+        Turn("user", "one"),
+        Turn("assistant", "1"),
+        Turn("user", "two"),
+        Turn("assistant", ""),
+    ]
     assert backend.messages(prompt="three", history=history) == [
         {"role": "system", "content": "Be brief."},
         {"role": "assistant", "content": "1"},
@@ -152,7 +158,7 @@ async def test_cancel_before_first_chunk_closes_the_model_connection(
     [
         ("fake-500", {}, "The model server failed (HTTP 500). Please try again later.", ""),
         ("fake-malformed", {}, "The model server sent a reply that could not be read.", "partial"),
-        ("fake-silent", {"timeout": 0.3}, "The model did not answer in time. Please try again.", ""),
+        ("fake-silent", {"timeout": 0.3}, TIMED_OUT, ""),
     ],
 )
 @pytest.mark.django_db(transaction=True)
