@@ -73,4 +73,4 @@ class PerLoopClients:
         loop = asyncio.get_running_loop()
         client = self._clients.pop(loop, None)
         if client is not None:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
