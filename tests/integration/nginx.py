@@ -70,7 +70,8 @@ class NginxProxy:
         return f"ws://127.0.0.1:{self.port}/ws/chat/"
 
     def start(self, timeout: float = 10) -> NginxProxy:
-        (self.prefix / "chat.conf").write_text(render_site(f"127.0.0.1:{self.port}", self.upstreams))
+        site = render_site(f"127.0.0.1:{self.port}", self.upstreams)
+        (self.prefix / "chat.conf").write_text(site)
         (self.prefix / "nginx.conf").write_text(MAIN_CONFIG.format(prefix=self.prefix))
         command = [self.binary, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")]
         check = subprocess.run(
