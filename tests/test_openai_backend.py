@@ -201,3 +201,19 @@ async def test_unreachable_model_server(connect, settings):
     frames = await client.receive_until("stream.finished")
     assert frames[-1]["status"] == "failed"
     assert frames[-1]["error"] == "The model server could not be reached. Please try again later."
+
+
+@pytest.mark.parametrize(
+    ("backend", "options"),
+    [("streaming.nope.Backend", {}), (OPENAI, {"model": ""}), (OPENAI, {"modle": "typo"})],
+)
+def test_a_backend_that_cannot_be_built_is_a_system_check_error(settings, backend, options):
+    from streaming.checks import check_stream_backend
+
+    settings.STREAM_BACKEND = backend
+    settings.STREAM_BACKEND_OPTIONS = options
+    [error] = check_stream_backend()
+    assert error.id == "streaming.E003"
+    settings.STREAM_BACKEND = "streaming.backends.DemoBackend"
+    settings.STREAM_BACKEND_OPTIONS = {}
+    assert check_stream_backend() == []
