@@ -52,7 +52,7 @@ def demo_reply_words(prompt: str, words: int) -> list[str]:
 
 
 def demo_chunks(prompt: str, words: int) -> list[str]:
-    """The demo reply as the chunks the client receives (a space before every word but the first)."""
+    """The demo reply as the client receives it: a space before every word but the first."""
     return [w if i == 0 else f" {w}" for i, w in enumerate(demo_reply_words(prompt, words))]
 
 

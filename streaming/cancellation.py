@@ -295,6 +295,7 @@ class RedisCancelStore(CancelStore):
         pipe.hset(key, info.message_id, info.to_json())
         pipe.expire(key, self.registry_ttl)
         pipe.zadd(self.instances_key, {info.instance: self.clock()})
+        pipe.expire(self.instances_key, self.registry_ttl)
         await self._call("register", pipe.execute())
 
     async def unregister(self, instance: str, message_id: str) -> None:
@@ -311,9 +312,12 @@ class RedisCancelStore(CancelStore):
         pipe.zadd(self.instances_key, {instance: now})
         # Forget instances silent for longer than their entries live.
         pipe.zremrangebyscore(self.instances_key, "-inf", now - self.registry_ttl)
+        pipe.expire(self.instances_key, self.registry_ttl)
         await self._call("heartbeat", pipe.execute())
 
-    def _decode_active(self, beats: list[tuple[bytes, float]], hashes: list[dict]) -> list[StreamInfo]:
+    def _decode_active(
+        self, beats: list[tuple[bytes, float]], hashes: list[dict]
+    ) -> list[StreamInfo]:
         now = self.clock()
         result = []
         for (_, beat), entries in zip(beats, hashes, strict=True):

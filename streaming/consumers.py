@@ -80,7 +80,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def disconnect(self, code: int) -> None:
-        """Called when the socket closes: running replies end ``interrupted`` with their text saved."""
+        """Called when the socket closes: running replies end ``interrupted``, text saved."""
         for stream in list(getattr(self, "streams", {}).values()):
             await services.stream_stop_and_wait(stream)
 

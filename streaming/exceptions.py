@@ -19,7 +19,16 @@ RATE_LIMITED: Final = "rate_limited"
 UNAVAILABLE: Final = "unavailable"
 
 ERROR_CODES: Final = frozenset(
-    {INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, TOO_LARGE, NOT_FOUND, FORBIDDEN, RATE_LIMITED, UNAVAILABLE}
+    {
+        INVALID_JSON,
+        INVALID_MESSAGE,
+        UNKNOWN_TYPE,
+        TOO_LARGE,
+        NOT_FOUND,
+        FORBIDDEN,
+        RATE_LIMITED,
+        UNAVAILABLE,
+    }
 )
 
 #: The HTTP status each code maps to in the JSON API.

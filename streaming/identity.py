@@ -20,7 +20,7 @@ class Owner:
     is_staff: bool = False
 
     def owns(self, *, owner_key: str, owner_user_id: int | None) -> bool:
-        """True when this caller may read or cancel something owned by ``owner_key``/``owner_user_id``."""
+        """True when this caller may read or cancel what ``owner_key``/``owner_user_id`` own."""
         if self.is_staff:
             return True
         if owner_key and secrets.compare_digest(owner_key, self.key):

@@ -236,9 +236,7 @@ class InstanceStreams:
 
     def _store_ok(self) -> None:
         if self._failing_since is not None:
-            logger.info(
-                "Cancel store is back after %.1f s", time.monotonic() - self._failing_since
-            )
+            logger.info("Cancel store is back after %.1f s", time.monotonic() - self._failing_since)
             self._failing_since = None
 
 

@@ -14,9 +14,7 @@ from .runtime import get_store
 
 def visible_streams(owner: Owner, streams: list[StreamInfo]) -> list[StreamInfo]:
     """The registry entries ``owner`` may see: their own, or all of them for staff."""
-    return [
-        s for s in streams if owner.owns(owner_key=s.owner_key, owner_user_id=s.owner_user_id)
-    ]
+    return [s for s in streams if owner.owns(owner_key=s.owner_key, owner_user_id=s.owner_user_id)]
 
 
 async def active_streams(*, owner: Owner) -> list[StreamInfo]:

@@ -39,7 +39,7 @@ STOP_GRACE_SECONDS = 5.0
 @dataclass(frozen=True, slots=True)
 class CancelResult:
     message_id: uuid.UUID
-    #: True when the cancel is certain to take effect: the flag was written, or the stream runs here.
+    #: True when the cancel will take effect: the flag was written, or the stream runs here.
     delivered: bool
 
 
@@ -90,9 +90,7 @@ def _finish_message(message_id: str, status: str, text: str, chunks: int, error:
 
 
 def _owned_message(owner: Owner, message_id: uuid.UUID) -> Message:
-    message = (
-        Message.objects.select_related("conversation").filter(pk=message_id).first()
-    )
+    message = Message.objects.select_related("conversation").filter(pk=message_id).first()
     if message is None:
         raise ClientError(NOT_FOUND, "No such message.")
     conversation = message.conversation
@@ -233,9 +231,7 @@ async def _finish(
         frame["error"] = error
     with contextlib.suppress(Exception):
         await send(frame)
-    logger.info(
-        "Stream %s finished %s after %d chunks", stream.message_id, status, stream.chunks
-    )
+    logger.info("Stream %s finished %s after %d chunks", stream.message_id, status, stream.chunks)
 
 
 async def stream_stop_and_wait(
@@ -279,9 +275,7 @@ def _stop_everywhere_in_process(message_id: str) -> bool:
         if streams.loop is current or streams.loop is None:
             streams.stop_local(message_id, StopReason.CANCELLED)
         elif not streams.loop.is_closed():
-            streams.loop.call_soon_threadsafe(
-                streams.stop_local, message_id, StopReason.CANCELLED
-            )
+            streams.loop.call_soon_threadsafe(streams.stop_local, message_id, StopReason.CANCELLED)
     return found
 
 

@@ -49,7 +49,9 @@ def json_api(
     async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
         owner = await aowner(request)
         if owner is None:
-            return error_response(ClientError(FORBIDDEN, "Open the chat page first to get a session."))
+            return error_response(
+                ClientError(FORBIDDEN, "Open the chat page first to get a session.")
+            )
         try:
             return JsonResponse(await view(request, owner, *args, **kwargs), status=status)
         except ClientError as exc:

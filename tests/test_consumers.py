@@ -183,9 +183,7 @@ async def test_cancel_unknown_or_finished_is_not_found(connect):
 
 async def test_unknown_conversation_is_not_found(connect):
     client = await connect()
-    await client.send(
-        {"type": "chat.message", "text": "hi", "conversation_id": str(uuid.uuid4())}
-    )
+    await client.send({"type": "chat.message", "text": "hi", "conversation_id": str(uuid.uuid4())})
     assert (await client.receive())["code"] == "not_found"
 
 

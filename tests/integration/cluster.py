@@ -70,8 +70,13 @@ class DaphneInstance:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "daphne",
-                "-b", "127.0.0.1", "-p", str(self.port),
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
                 "chatproject.asgi:application",
             ],
             cwd=ROOT,
@@ -150,7 +155,7 @@ class ChatSocket:
 
 
 class ChatSession:
-    """A browser-like session: cookies from ``GET /``, then sockets and API calls on any instance."""
+    """A browser-like session: cookies from ``GET /``, then sockets and API calls anywhere."""
 
     def __init__(self) -> None:
         self.cookies: dict[str, str] = {}

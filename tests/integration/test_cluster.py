@@ -112,7 +112,7 @@ async def test_http_cancel_on_other_instance(cluster):
 async def test_redis_killed_mid_stream_stream_completes_and_local_cancel_works(cluster):
     session = await ChatSession().login(cluster.a)
     on_a = await session.socket(cluster.a)
-    started = await on_a.start("survive redis loss")
+    await on_a.start("survive redis loss")
     await on_a.receive()
     cluster.redis.kill()
     frames = await on_a.receive_until("stream.finished", timeout=30)
@@ -139,12 +139,14 @@ async def test_redis_killed_mid_stream_stream_completes_and_local_cancel_works(c
         frame = await on_b.receive()
         if frame.get("delivered"):
             break
-        assert asyncio.get_running_loop().time() < deadline, "cancel not delivered 5 s after Redis returned"
+        assert asyncio.get_running_loop().time() < deadline, (
+            "cancel not delivered 5 s after Redis returned"
+        )
         await asyncio.sleep(0.2)
     frames = await on_a.receive_until("stream.finished", timeout=10)
     assert frames[-1]["message_id"] == third["message_id"]
     assert frames[-1]["status"] == "cancelled"
-    status, health = await session.get_json(cluster.a, "/healthz/")
+    _status, health = await session.get_json(cluster.a, "/healthz/")
     assert health == {"status": "ok", "redis": "ok"}
     await on_a.close()
     await on_b.close()
