@@ -195,8 +195,48 @@ STREAM_REDIS_TIMEOUT = _env_number("STREAM_REDIS_TIMEOUT", 0.5, minimum=0.01)
 STREAM_REDIS_MAX_CONNECTIONS = int(
     _env_number("STREAM_REDIS_MAX_CONNECTIONS", 20, cast=int, minimum=2)
 )
-#: Dotted path of the token source class (see streaming/backends.py).
-STREAM_BACKEND = os.environ.get("STREAM_BACKEND", "streaming.backends.DemoBackend")
+#: Token source: ``demo``, ``openai`` or the dotted path of a class (see streaming/backends.py).
+_BACKEND_ALIASES = {
+    "demo": "streaming.backends.DemoBackend",
+    "openai": "streaming.openai_backend.OpenAIBackend",
+}
+STREAM_BACKEND = os.environ.get("STREAM_BACKEND", "").strip() or "demo"
+STREAM_BACKEND = _BACKEND_ALIASES.get(STREAM_BACKEND, STREAM_BACKEND)
+
+# An OpenAI-compatible chat completions server (OpenAI, vLLM, Ollama, llama.cpp), used when
+# STREAM_BACKEND=openai. Ollama: OPENAI_BASE_URL=http://localhost:11434/v1, any API key.
+OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "").strip() or "https://api.openai.com/v1"
+OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
+OPENAI_MODEL = os.environ.get("OPENAI_MODEL", "").strip()
+#: Seconds the model may stay silent (before the first chunk or between two) before the reply fails.
+OPENAI_TIMEOUT = _env_number("OPENAI_TIMEOUT", 60.0, minimum=0.1)
+OPENAI_CONNECT_TIMEOUT = _env_number("OPENAI_CONNECT_TIMEOUT", 10.0, minimum=0.1)
+#: Upper bound on a reply's tokens; 0 leaves it to the server.
+OPENAI_MAX_TOKENS = int(_env_number("OPENAI_MAX_TOKENS", 0, cast=int))
+#: Empty: the server's default temperature.
+OPENAI_TEMPERATURE = (
+    _env_number("OPENAI_TEMPERATURE", 1.0) if os.environ.get("OPENAI_TEMPERATURE") else None
+)
+OPENAI_SYSTEM_PROMPT = os.environ.get("OPENAI_SYSTEM_PROMPT", "")
+#: Earlier messages of the conversation sent as context (the newest ones).
+OPENAI_MAX_HISTORY = int(_env_number("OPENAI_MAX_HISTORY", 50, cast=int))
+
+#: Constructor keywords of the backend class (the demo's come from the settings above, per stream).
+STREAM_BACKEND_OPTIONS: dict = {}
+if STREAM_BACKEND == _BACKEND_ALIASES["openai"]:
+    if not OPENAI_MODEL:
+        raise ImproperlyConfigured("OPENAI_MODEL must be set when STREAM_BACKEND=openai.")
+    STREAM_BACKEND_OPTIONS = {
+        "base_url": OPENAI_BASE_URL,
+        "api_key": OPENAI_API_KEY,
+        "model": OPENAI_MODEL,
+        "timeout": OPENAI_TIMEOUT,
+        "connect_timeout": OPENAI_CONNECT_TIMEOUT,
+        "max_tokens": OPENAI_MAX_TOKENS or None,
+        "temperature": OPENAI_TEMPERATURE,
+        "system_prompt": OPENAI_SYSTEM_PROMPT,
+        "max_history": OPENAI_MAX_HISTORY,
+    }
 
 #: Route ``/ws/bare/``, the no-machinery baseline of bench/capacity.py. Never in production.
 STREAM_BENCH_BARE = _env_bool("STREAM_BENCH_BARE", False)
@@ -204,13 +244,29 @@ STREAM_BENCH_BARE = _env_bool("STREAM_BENCH_BARE", False)
 # --- Logging ---------------------------------------------------------------------------------
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+#: ``plain`` (human-readable lines) or ``json`` (one object per line, for log shippers).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # Every line carries the instance and, for lines about a stream, its id (streaming/log.py).
+    "filters": {"context": {"()": "streaming.log.ContextFilter", "instance_id": INSTANCE_ID}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(instance_id)s %(stream_id)s] "
+            "%(message)s"
+        },
+        "json": {"()": "streaming.log.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "streaming": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},

@@ -13,7 +13,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -60,15 +60,11 @@ class DemoBackend:
     """Echo-free demo model: ``words`` words derived from the prompt, ``delay`` seconds apart."""
 
     def __init__(
-        self,
-        *,
-        words: int | None = None,
-        delay: float | None = None,
-        first_delay: float | None = None,
+        self, *, words: int = 500, delay: float = 0.1, first_delay: float | None = None
     ) -> None:
-        self.words = settings.DEMO_REPLY_WORDS if words is None else words
-        self.delay = settings.STREAM_CHUNK_DELAY if delay is None else delay
-        self.first_delay = settings.STREAM_FIRST_CHUNK_DELAY if first_delay is None else first_delay
+        self.words = words
+        self.delay = delay
+        self.first_delay = delay if first_delay is None else first_delay
 
     async def stream(self, *, prompt: str, history: Sequence[Turn]) -> AsyncIterator[str]:
         for index, chunk in enumerate(demo_chunks(prompt, self.words)):
@@ -76,6 +72,23 @@ class DemoBackend:
             yield chunk
 
 
+def backend_options(backend_class: type) -> dict[str, Any]:
+    """Constructor keywords for ``backend_class`` from settings (``STREAM_BACKEND_OPTIONS``).
+
+    The demo's come from the ``DEMO_REPLY_WORDS``/``STREAM_*_DELAY`` settings, read per stream so
+    that a test (or ``override_settings``) changing them takes effect on the next reply.
+    """
+    options: dict[str, Any] = {}
+    if issubclass(backend_class, DemoBackend):
+        options = {
+            "words": settings.DEMO_REPLY_WORDS,
+            "delay": settings.STREAM_CHUNK_DELAY,
+            "first_delay": settings.STREAM_FIRST_CHUNK_DELAY,
+        }
+    return {**options, **settings.STREAM_BACKEND_OPTIONS}
+
+
 def get_backend() -> Backend:
-    """Instantiate the configured ``STREAM_BACKEND``; called once per stream."""
-    return import_string(settings.STREAM_BACKEND)()
+    """Instantiate the configured ``STREAM_BACKEND`` with its options; called once per stream."""
+    backend_class = import_string(settings.STREAM_BACKEND)
+    return backend_class(**backend_options(backend_class))

@@ -46,3 +46,22 @@ def check_streaming_configuration(app_configs: Any = None, **kwargs: Any) -> lis
             )
         )
     return messages
+
+
+@register(Tags.compatibility, deploy=False)
+def check_stream_backend(app_configs: Any = None, **kwargs: Any) -> list:
+    """Build the configured backend once at startup, so a typo fails here and not on a reply."""
+    from .backends import get_backend
+
+    try:
+        get_backend()
+    except (ImportError, TypeError, ValueError) as exc:
+        return [
+            Error(
+                f"STREAM_BACKEND {settings.STREAM_BACKEND!r} cannot be built: {exc}",
+                hint="Use 'demo', 'openai' or the dotted path of a backend class, and check the "
+                "OPENAI_* settings (docs/operations.md).",
+                id="streaming.E003",
+            )
+        ]
+    return []

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from . import metrics
 from .cancellation import CancelStore, RedisCancelStore, StoreUnavailable, StreamInfo
 from .pubsub import CancelSubscriber
 
@@ -150,13 +151,19 @@ class InstanceStreams:
         self.subscriber = CancelSubscriber(
             client_factory=store.pubsub_client_factory,
             channel=store.cancel_channel(self.instance_id),
-            on_cancel=lambda message_id: self.stop_local(message_id, StopReason.CANCELLED),
+            on_cancel=self._pushed_cancel,
             on_subscribed=self.check_all_now,
             timeout=store.timeout,
         )
         self._subscriber_task = asyncio.create_task(
             self.subscriber.run_forever(), name=f"cancel-subscriber-{self.instance_id}"
         )
+
+    def _pushed_cancel(self, message_id: str) -> None:
+        """Called by the subscriber for each notice published for this instance."""
+        if message_id in self.streams:
+            metrics.cancel_arrived(message_id, metrics.PUSH)
+            self.stop_local(message_id, StopReason.CANCELLED)
 
     # Membership.
     async def add(self, stream: LocalStream) -> None:
@@ -211,6 +218,7 @@ class InstanceStreams:
             return
         self._store_ok()
         if cancelled:
+            metrics.cancel_arrived(stream.message_id, metrics.FLAG)
             stream.stop(StopReason.CANCELLED)
 
     async def check_all_now(self) -> None:
@@ -268,6 +276,7 @@ class InstanceStreams:
             return
         self._store_ok()
         for message_id in cancelled:
+            metrics.cancel_arrived(message_id, metrics.FLAG)
             self.stop_local(message_id, StopReason.CANCELLED)
 
     async def _heartbeat(self) -> None:

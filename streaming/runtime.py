@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from . import metrics
 from .cancellation import CancelStore, InMemoryCancelStore, RedisCancelStore
 from .instance import CancelMode, InstanceStreams, get_instance_streams
 
@@ -59,6 +60,7 @@ def get_streams() -> InstanceStreams:
             check_seconds=settings.STREAM_CANCEL_CHECK_SECONDS,
             heartbeat_seconds=settings.STREAM_HEARTBEAT_SECONDS,
             mode=CancelMode(settings.STREAM_CANCEL_MODE),
+            on_check_error=metrics.redis_error,
         )
     )
 

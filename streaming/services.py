@@ -18,11 +18,13 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from . import metrics
 from .backends import Backend, BackendError, Turn, get_backend
 from .cancellation import StoreUnavailable
 from .exceptions import FORBIDDEN, NOT_FOUND, ClientError
 from .identity import Owner
 from .instance import InstanceStreams, LocalStream, StopReason, all_instance_streams
+from .log import bind_stream
 from .models import Conversation, Message
 from .runtime import get_store, get_streams
 
@@ -114,6 +116,7 @@ async def stream_start(
     client goes away (see ``stream_stop_and_wait``).
     """
     streams = get_streams()
+    backend = backend or get_backend()  # Before storing anything: it may be misconfigured.
     conversation, reply, history = await database_sync_to_async(_create_turn)(
         owner, text, conversation_id, streams.instance_id
     )
@@ -137,7 +140,8 @@ async def stream_start(
     except Exception:
         # The client left already: the task below ends at once and saves "interrupted".
         stream.stop(StopReason.INTERRUPTED)
-    source = (backend or get_backend()).stream(prompt=text, history=history)
+    metrics.stream_started()
+    source = backend.stream(prompt=text, history=history)
     stream.task = asyncio.create_task(
         _run_stream(stream=stream, source=source, send=send, streams=streams),
         name=f"stream-{stream.message_id}",
@@ -149,6 +153,7 @@ async def _run_stream(
     *, stream: LocalStream, source: AsyncIterator[str], send: Send, streams: InstanceStreams
 ) -> None:
     """Send chunks until the source ends or the stream is stopped, then finish the message."""
+    bind_stream(stream.message_id)
     status = Message.Status.COMPLETED
     error = ""
     external_cancel = False
@@ -182,6 +187,7 @@ async def _run_stream(
                 stream.parts.append(chunk)
                 stream.chunks += 1
                 await streams.chunk_sent(stream)
+                metrics.chunk_sent(chunks=stream.chunks, started_at=stream.started_at)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if stream.stop_reason is not None and task is not None:
@@ -199,6 +205,7 @@ async def _run_stream(
         status = Message.Status(stream.stop_reason.value)
         if stream.stop_reason is StopReason.INTERRUPTED and not error:
             error = "The connection was lost before the reply finished."
+    metrics.stream_stopped(stream.message_id)
     stream.stopped.set()
     try:
         await _finish(stream=stream, status=status, error=error, send=send, streams=streams)
@@ -218,6 +225,7 @@ async def _finish(
     except Exception:
         logger.exception("Could not save the end of stream %s", stream.message_id)
     await streams.remove(stream)
+    metrics.stream_finished(stream.message_id, status)
     frame: dict[str, Any] = {
         "type": "stream.finished",
         "message_id": stream.message_id,
@@ -242,7 +250,12 @@ async def stream_stop_and_wait(
     try:
         await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
     except TimeoutError:
-        logger.error("Stream %s did not stop within %.0f s", stream.message_id, STOP_GRACE_SECONDS)
+        logger.error(
+            "Stream %s did not stop within %.0f s",
+            stream.message_id,
+            STOP_GRACE_SECONDS,
+            extra={"stream_id": stream.message_id},
+        )
         task.cancel()
     except asyncio.CancelledError:
         task.cancel()
@@ -263,6 +276,7 @@ def _stop_everywhere_in_process(message_id: str) -> bool:
         if message_id not in streams.streams:
             continue
         found = True
+        metrics.cancel_arrived(message_id, metrics.LOCAL)
         if streams.loop is current or streams.loop is None:
             streams.stop_local(message_id, StopReason.CANCELLED)
         elif not streams.loop.is_closed():
@@ -284,7 +298,8 @@ async def stream_cancel(*, owner: Owner, message_id: uuid.UUID) -> CancelResult:
     if _stop_everywhere_in_process(key):
         # It runs here and is stopping now: no Redis round trip, so a same-instance Stop is
         # instant and works whatever state Redis is in.
-        logger.info("Cancel of %s: stopped locally", key)
+        metrics.cancel_request(metrics.LOCAL, "stopped")
+        logger.info("Cancel of %s: stopped locally", key, extra={"stream_id": key})
         return CancelResult(message_id=message_id, delivered=True)
     streams = get_streams()
     try:
@@ -295,7 +310,19 @@ async def stream_cancel(*, owner: Owner, message_id: uuid.UUID) -> CancelResult:
             await get_store().set_cancelled(key)
             pushed = 0
     except StoreUnavailable as exc:
-        logger.error("Could not write the cancel flag of %s: %s", key, exc)
+        metrics.redis_error("cancel")
+        metrics.cancel_request(metrics.FLAG, "failed")
+        logger.error(
+            "Could not write the cancel flag of %s: %s", key, exc, extra={"stream_id": key}
+        )
         return CancelResult(message_id=message_id, delivered=False)
-    logger.info("Cancel of %s: flag written, pushed to %d subscriber(s)", key, pushed)
+    metrics.cancel_request(metrics.FLAG, "written")
+    if streams.push:
+        metrics.cancel_request(metrics.PUSH, "published" if pushed else "no_subscriber")
+    logger.info(
+        "Cancel of %s: flag written, pushed to %d subscriber(s)",
+        key,
+        pushed,
+        extra={"stream_id": key},
+    )
     return CancelResult(message_id=message_id, delivered=True)

@@ -17,4 +17,5 @@ urlpatterns = [
         name="conversation-messages",
     ),
     path("healthz/", views.healthz, name="healthz"),
+    path("metrics", views.metrics_view, name="metrics"),
 ]

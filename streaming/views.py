@@ -14,7 +14,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from . import selectors, services
+from . import metrics, selectors, services
 from .cancellation import StoreUnavailable
 from .exceptions import FORBIDDEN, HTTP_STATUS, UNAVAILABLE, ClientError
 from .identity import OWNER_SESSION_KEY, Owner, ensure_owner_key
@@ -120,5 +120,13 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             await asyncio.wait_for(get_store().ping(), settings.STREAM_REDIS_TIMEOUT * 2)
             redis_state = "ok"
         except (StoreUnavailable, TimeoutError):
+            metrics.redis_error("ping")
             redis_state = "unavailable"
     return JsonResponse({"status": "ok", "redis": redis_state})
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus scrape endpoint of this instance; deploy/nginx.conf keeps it private."""
+    body, content_type = metrics.exposition()
+    return HttpResponse(body, content_type=content_type)
