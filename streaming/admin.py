@@ -275,6 +275,13 @@ class MessageAdmin(admin.ModelAdmin):
             self.message_user(
                 request, "The stream registry (Redis) is unavailable right now.", messages.ERROR
             )
+        # The registry drops ended streams in batches; hide those the database already finished.
+        finished = set(
+            Message.objects.filter(pk__in=[s.message_id for s in streams])
+            .exclude(status=Message.Status.STREAMING)
+            .values_list("pk", flat=True)
+        )
+        streams = [s for s in streams if uuid.UUID(s.message_id) not in finished]
         rows = self._rows(streams)
         context = {
             **self.admin_site.each_context(request),

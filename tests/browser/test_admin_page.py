@@ -40,6 +40,11 @@ def test_admin_sees_and_cancels_a_running_stream(
         admin.get_by_label("Action:").select_option(label="Cancel selected streams")
         admin.get_by_role("button", name="Go").click()
         expect(admin.locator(".messagelist")).to_contain_text("1 cancel delivered.")
+        for _ in range(50):  # The stream may still be saving: reload until it is gone.
+            if admin.locator(f'tr[data-message-id="{message_id}"]').count() == 0:
+                break
+            admin.wait_for_timeout(100)
+            admin.reload()
         expect(admin.locator(f'tr[data-message-id="{message_id}"]')).to_have_count(0)
     finally:
         operator.close()
