@@ -224,3 +224,31 @@ LOGGING = {
 STREAM_MAX_FRAME_BYTES = int(_env_number("STREAM_MAX_FRAME_BYTES", 65536, cast=int, minimum=256))
 #: Longest chat message text (characters).
 STREAM_MAX_TEXT_CHARS = int(_env_number("STREAM_MAX_TEXT_CHARS", 8000, cast=int, minimum=1))
+#: Chat messages one session may send per minute (across instances when REDIS_URL is set).
+STREAM_MESSAGES_PER_MINUTE = int(_env_number("STREAM_MESSAGES_PER_MINUTE", 30, cast=int, minimum=1))
+#: Replies one session may have running at once on one instance.
+STREAM_MAX_STREAMS_PER_SESSION = int(
+    _env_number("STREAM_MAX_STREAMS_PER_SESSION", 3, cast=int, minimum=1)
+)
+#: Chat WebSockets one session may hold open on one instance.
+STREAM_MAX_CONNECTIONS_PER_SESSION = int(
+    _env_number("STREAM_MAX_CONNECTIONS_PER_SESSION", 8, cast=int, minimum=1)
+)
+#: Outbound bytes a WebSocket may leave unread before it is dropped (0 disables; daphne only).
+STREAM_MAX_SEND_BACKLOG_BYTES = int(
+    _env_number("STREAM_MAX_SEND_BACKLOG_BYTES", 1024 * 1024, cast=int, minimum=0)
+)
+
+# --- Crashed instances -------------------------------------------------------------------------
+
+#: Seconds between two reaper runs on each instance (jittered +-20%); 0 disables the periodic run.
+STREAM_REAPER_SECONDS = _env_number("STREAM_REAPER_SECONDS", 15.0, minimum=0)
+#: A ``streaming`` reply is reaped only when older than this, and only once the registry has
+#: existed this long (a freshly restarted Redis is refilled by heartbeats first).
+STREAM_REAPER_GRACE_SECONDS = _env_number(
+    "STREAM_REAPER_GRACE_SECONDS",
+    max(30.0, 2 * (STREAM_STALE_AFTER_SECONDS + STREAM_HEARTBEAT_SECONDS)),
+    minimum=0,
+)
+#: Seconds a SIGTERM waits for running replies to save as ``interrupted`` before daphne exits.
+STREAM_SHUTDOWN_GRACE_SECONDS = _env_number("STREAM_SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0)

@@ -24,7 +24,7 @@ from .exceptions import FORBIDDEN, NOT_FOUND, ClientError
 from .identity import Owner
 from .instance import InstanceStreams, LocalStream, StopReason, all_instance_streams
 from .models import Conversation, Message
-from .runtime import get_store, get_streams
+from .runtime import get_limits, get_store, get_streams
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ async def stream_start(
     The returned stream's ``task`` belongs to the caller, who must stop and await it when the
     client goes away (see ``stream_stop_and_wait``).
     """
+    await get_limits().admit_message(owner)
     streams = get_streams()
     conversation, reply, history = await database_sync_to_async(_create_turn)(
         owner, text, conversation_id, streams.instance_id
@@ -198,7 +199,7 @@ async def _run_stream(
     if stream.stop_reason is not None and status == Message.Status.COMPLETED:
         status = Message.Status(stream.stop_reason.value)
         if stream.stop_reason is StopReason.INTERRUPTED and not error:
-            error = "The connection was lost before the reply finished."
+            error = stream.stop_error or "The connection was lost before the reply finished."
     stream.stopped.set()
     try:
         await _finish(stream=stream, status=status, error=error, send=send, streams=streams)
