@@ -141,6 +141,24 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 
+# --- Behind TLS (docs/security.md) -------------------------------------------------------------
+
+#: The site is served over HTTPS (usually nginx terminating TLS): secure cookies, HSTS, redirect.
+HTTPS = _env_bool("HTTPS", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", HTTPS)
+# Load balancers probe over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]
+SECURE_HSTS_SECONDS = int(
+    _env_number("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0, cast=int, minimum=0)
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", HTTPS)
+#: Only when the proxy always sets (overwrites) X-Forwarded-Proto; otherwise clients could forge it.
+if _env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 # --- Redis, channel layer, instance identity -------------------------------------------------
 
 #: Unset: embedded single-process mode (in-memory channel layer, in-process cancel store).

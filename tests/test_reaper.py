@@ -137,7 +137,9 @@ async def test_ensure_reaper_runs_one_task_per_loop_and_reaps(settings):
     assert task is not None and ensure_reaper() is task
     try:
         async with asyncio.timeout(5):
-            while (await status_of(orphan))[0] != "interrupted":
+            while True:
+                if (await status_of(orphan))[0] == "interrupted":
+                    break
                 await asyncio.sleep(0.05)
     finally:
         task.cancel()
