@@ -141,6 +141,24 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 
+# --- Behind TLS (docs/security.md) -------------------------------------------------------------
+
+#: The site is served over HTTPS (usually nginx terminating TLS): secure cookies, HSTS, redirect.
+HTTPS = _env_bool("HTTPS", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", HTTPS)
+# Load balancers probe over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]
+SECURE_HSTS_SECONDS = int(
+    _env_number("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0, cast=int, minimum=0)
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", HTTPS)
+#: Only when the proxy always sets (overwrites) X-Forwarded-Proto; otherwise clients could forge it.
+if _env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 # --- Redis, channel layer, instance identity -------------------------------------------------
 
 #: Unset: embedded single-process mode (in-memory channel layer, in-process cancel store).
@@ -280,3 +298,31 @@ LOGGING = {
 STREAM_MAX_FRAME_BYTES = int(_env_number("STREAM_MAX_FRAME_BYTES", 65536, cast=int, minimum=256))
 #: Longest chat message text (characters).
 STREAM_MAX_TEXT_CHARS = int(_env_number("STREAM_MAX_TEXT_CHARS", 8000, cast=int, minimum=1))
+#: Chat messages one session may send per minute (across instances when REDIS_URL is set).
+STREAM_MESSAGES_PER_MINUTE = int(_env_number("STREAM_MESSAGES_PER_MINUTE", 30, cast=int, minimum=1))
+#: Replies one session may have running at once on one instance.
+STREAM_MAX_STREAMS_PER_SESSION = int(
+    _env_number("STREAM_MAX_STREAMS_PER_SESSION", 3, cast=int, minimum=1)
+)
+#: Chat WebSockets one session may hold open on one instance.
+STREAM_MAX_CONNECTIONS_PER_SESSION = int(
+    _env_number("STREAM_MAX_CONNECTIONS_PER_SESSION", 8, cast=int, minimum=1)
+)
+#: Outbound bytes a WebSocket may leave unread before it is dropped (0 disables; daphne only).
+STREAM_MAX_SEND_BACKLOG_BYTES = int(
+    _env_number("STREAM_MAX_SEND_BACKLOG_BYTES", 1024 * 1024, cast=int, minimum=0)
+)
+
+# --- Crashed instances -------------------------------------------------------------------------
+
+#: Seconds between two reaper runs on each instance (jittered +-20%); 0 disables the periodic run.
+STREAM_REAPER_SECONDS = _env_number("STREAM_REAPER_SECONDS", 15.0, minimum=0)
+#: A ``streaming`` reply is reaped only when older than this, and only once the registry has
+#: existed this long (a freshly restarted Redis is refilled by heartbeats first).
+STREAM_REAPER_GRACE_SECONDS = _env_number(
+    "STREAM_REAPER_GRACE_SECONDS",
+    max(30.0, 2 * (STREAM_STALE_AFTER_SECONDS + STREAM_HEARTBEAT_SECONDS)),
+    minimum=0,
+)
+#: Seconds a SIGTERM waits for running replies to save as ``interrupted`` before daphne exits.
+STREAM_SHUTDOWN_GRACE_SECONDS = _env_number("STREAM_SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0)

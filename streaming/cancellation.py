@@ -11,6 +11,7 @@ Redis layout (``P`` is the configured prefix)::
     P:cancel:<message_id>      string "1", EX flag_ttl             cancel flag
     P:streams:<instance>       hash message_id -> JSON, EX ttl     streams an instance runs
     P:instances                zset instance -> last heartbeat     which instances to read
+    P:epoch                    string unix time, no TTL            when this registry began
 
 Every backend method either succeeds or raises ``StoreUnavailable`` within the configured timeout;
 the fail-safe policy (what a failure means for a stream or a cancel) belongs to the callers.
@@ -143,6 +144,14 @@ class CancelStore:
         """Known instances and their last heartbeat time."""
         raise NotImplementedError
 
+    async def epoch(self) -> float:
+        """When this registry began (written once, never expires); read by the reaper.
+
+        A Redis that restarted empty starts a new epoch, so the reaper waits until heartbeats have
+        refilled the registry instead of taking every running stream for an orphan.
+        """
+        raise NotImplementedError
+
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the backend answers."""
 
@@ -166,6 +175,12 @@ class InMemoryCancelStore(CancelStore):
         self._flags: dict[str, float] = {}
         self._streams: dict[str, dict[str, StreamInfo]] = {}
         self._heartbeats: dict[str, float] = {}
+        self._epoch: float | None = None
+
+    async def epoch(self) -> float:
+        if self._epoch is None:
+            self._epoch = self.clock()
+        return self._epoch
 
     def set_cancelled_sync(self, message_id: str) -> None:
         self._flags[message_id] = self.clock() + self.flag_ttl
@@ -288,6 +303,10 @@ class RedisCancelStore(CancelStore):
         """Pub/sub channel on which ``instance`` hears about cancels of its streams."""
         return f"{self.prefix}:cancels:{instance}"
 
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.prefix}:epoch"
+
     # Plumbing.
     @property
     def client(self) -> aredis.Redis:
@@ -317,6 +336,18 @@ class RedisCancelStore(CancelStore):
 
     async def aclose(self) -> None:
         await self._clients.aclose()
+
+    async def epoch(self) -> float:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.epoch_key, repr(self.clock()), nx=True)
+        pipe.get(self.epoch_key)
+        _, raw = await self._call("epoch", pipe.execute())
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            # Overwritten by something else: start a new epoch rather than trust it.
+            await self._call("epoch", self.client.set(self.epoch_key, repr(self.clock())))
+            return self.clock()
 
     # Cancel flags.
     async def set_cancelled(self, message_id: str) -> None:

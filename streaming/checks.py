@@ -45,6 +45,27 @@ def check_streaming_configuration(app_configs: Any = None, **kwargs: Any) -> lis
                 id="streaming.W002",
             )
         )
+    if not settings.DEBUG and "*" in settings.ALLOWED_HOSTS:
+        messages.append(
+            Error(
+                "ALLOWED_HOSTS contains '*' while DEBUG is off.",
+                hint="The WebSocket Origin check trusts ALLOWED_HOSTS: a wildcard lets any web "
+                "page open a chat socket with a visitor's cookies. List the real host names.",
+                id="streaming.E003",
+            )
+        )
+    if settings.STREAM_REAPER_GRACE_SECONDS < (
+        settings.STREAM_STALE_AFTER_SECONDS + settings.STREAM_HEARTBEAT_SECONDS
+    ):
+        messages.append(
+            Warning(
+                "STREAM_REAPER_GRACE_SECONDS is shorter than STREAM_STALE_AFTER_SECONDS plus "
+                "STREAM_HEARTBEAT_SECONDS.",
+                hint="After a Redis restart the reaper could mark live replies interrupted before "
+                "their instances have heartbeated them back into the registry.",
+                id="streaming.W003",
+            )
+        )
     return messages
 
 
@@ -61,7 +82,7 @@ def check_stream_backend(app_configs: Any = None, **kwargs: Any) -> list:
                 f"STREAM_BACKEND {settings.STREAM_BACKEND!r} cannot be built: {exc}",
                 hint="Use 'demo', 'openai' or the dotted path of a backend class, and check the "
                 "OPENAI_* settings (docs/operations.md).",
-                id="streaming.E003",
+                id="streaming.E004",
             )
         ]
     return []

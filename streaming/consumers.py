@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import services
-from .exceptions import ClientError
+from .backlog import Probe, backlog_probe
+from .exceptions import RATE_LIMITED, ClientError
 from .identity import Owner, owner_from
 from .instance import LocalStream
+from .limits import CLOSE_TOO_MANY_CONNECTIONS
 from .protocol import ChatMessage, Ping, StreamCancel, parse_frame
-from .runtime import get_streams
+from .reaper import ensure_reaper
+from .runtime import get_limits, get_streams
+from .shutdown import install_shutdown_hook
+
+logger = logging.getLogger(__name__)
 
 #: Close code for a handshake without the session cookie set by ``GET /``.
 CLOSE_NO_SESSION = 4401
+#: Close code for a client that left more than ``STREAM_MAX_SEND_BACKLOG_BYTES`` unread.
+CLOSE_SLOW_CLIENT = 4008
+
+
+class ClientNotReading(ConnectionError):
+    """The client stopped reading; raised by ``send_json`` so a stream ends ``interrupted``."""
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -32,6 +45,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     owner: Owner
     streams: dict[str, LocalStream]
+    counted = False
+    backlog: Probe | None = None
+    dropping = False
 
     async def connect(self) -> None:
         """Called on the handshake: only a known session (or user) may open the chat socket."""
@@ -42,6 +58,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.owner = owner
         self.streams = {}
         get_streams().ensure_started()
+        ensure_reaper()
+        install_shutdown_hook()
+        if not get_limits().open_connection(owner):
+            # Accept, then say why and close: a refused handshake carries no reason a client sees.
+            await self.accept()
+            await self.send_json(
+                ClientError(RATE_LIMITED, "Too many open chat connections.").as_frame()
+            )
+            await self.close(code=CLOSE_TOO_MANY_CONNECTIONS)
+            return
+        self.counted = True
+        self.backlog = backlog_probe(self.base_send)
         await self.accept()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -60,6 +88,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.stream_cancel(frame)
         except ClientError as exc:
             await self.send_json(exc.as_frame())
+        except ClientNotReading:
+            pass  # The socket is being dropped; the disconnect that follows cleans up.
 
     async def chat_message(self, frame: ChatMessage) -> None:
         stream = await services.stream_start(
@@ -86,6 +116,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Called when the socket closes: running replies end ``interrupted``, text saved."""
         streams = list(getattr(self, "streams", {}).values())
         await asyncio.gather(*(services.stream_stop_and_wait(stream) for stream in streams))
+        if self.counted:
+            self.counted = False
+            get_limits().close_connection(self.owner)
 
     async def send_json(self, frame: dict[str, Any]) -> None:
+        """Send a frame; past the backlog cap, drop the socket and raise ``ClientNotReading``."""
+        limit = settings.STREAM_MAX_SEND_BACKLOG_BYTES
+        if self.backlog is not None and limit and (self.dropping or self.backlog() > limit):
+            if not self.dropping:
+                self.dropping = True
+                logger.warning("Dropping a client that left %d bytes unread", self.backlog())
+                await self.close(code=CLOSE_SLOW_CLIENT)
+            raise ClientNotReading("The client stopped reading.")
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))

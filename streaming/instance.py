@@ -58,6 +58,8 @@ class LocalStream:
     chunks: int = 0
     parts: list[str] = field(default_factory=list)
     stop_reason: StopReason | None = None
+    #: Why an ``interrupted`` stop happened, stored with the reply (default: the client left).
+    stop_error: str = ""
     task: asyncio.Task | None = None
     #: True while the task awaits the token source: the only moment a stop may cancel the task,
     #: so a chunk is either fully sent (and recorded) or never sent.
@@ -80,7 +82,7 @@ class LocalStream:
             chunks=self.chunks,
         )
 
-    def stop(self, reason: StopReason) -> bool:
+    def stop(self, reason: StopReason, *, error: str = "") -> bool:
         """Ask the stream to end with ``reason``; the first reason wins. Safe to call repeatedly.
 
         Returns True when this call is the one that stopped it.
@@ -88,6 +90,7 @@ class LocalStream:
         if self.stop_reason is not None or self.stopped.is_set():
             return False
         self.stop_reason = reason
+        self.stop_error = error
         if self.awaiting_source and self.task is not None and not self.task.done():
             # Interrupt the wait on the model at once (this is what closes the upstream request).
             self.task.cancel()

@@ -16,6 +16,7 @@ from django.dispatch import receiver
 from . import metrics
 from .cancellation import CancelStore, InMemoryCancelStore, RedisCancelStore
 from .instance import CancelMode, InstanceStreams, get_instance_streams
+from .limits import Limits, LocalWindowCounter, RedisWindowCounter
 
 
 @functools.cache
@@ -65,10 +66,32 @@ def get_streams() -> InstanceStreams:
     )
 
 
+@functools.cache
+def get_limits() -> Limits:
+    """The process-wide per-session limits; counters in Redis when the store is Redis."""
+    store = get_store()
+    local = LocalWindowCounter()
+    counter: LocalWindowCounter | RedisWindowCounter = local
+    if isinstance(store, RedisCancelStore):
+        counter = RedisWindowCounter(
+            client=lambda: store.client,
+            prefix=store.prefix,
+            timeout=settings.STREAM_REDIS_TIMEOUT,
+            fallback=local,
+        )
+    return Limits(
+        messages_per_minute=settings.STREAM_MESSAGES_PER_MINUTE,
+        max_streams=settings.STREAM_MAX_STREAMS_PER_SESSION,
+        max_connections=settings.STREAM_MAX_CONNECTIONS_PER_SESSION,
+        counter=counter,
+    )
+
+
 @receiver(setting_changed)
 def _reset_on_setting_change(*, setting: str, **kwargs: object) -> None:
     if setting in {"REDIS_URL", "INSTANCE_ID"} or setting.startswith("STREAM_"):
         get_store.cache_clear()
+        get_limits.cache_clear()
         from . import instance
 
         instance._per_loop.clear()

@@ -26,7 +26,7 @@ from .identity import Owner
 from .instance import InstanceStreams, LocalStream, StopReason, all_instance_streams
 from .log import bind_stream
 from .models import Conversation, Message
-from .runtime import get_store, get_streams
+from .runtime import get_limits, get_store, get_streams
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ async def stream_start(
     The returned stream's ``task`` belongs to the caller, who must stop and await it when the
     client goes away (see ``stream_stop_and_wait``).
     """
+    await get_limits().admit_message(owner)
     streams = get_streams()
     backend = backend or get_backend()  # Before storing anything: it may be misconfigured.
     conversation, reply, history = await database_sync_to_async(_create_turn)(
@@ -204,7 +205,7 @@ async def _run_stream(
     if stream.stop_reason is not None and status == Message.Status.COMPLETED:
         status = Message.Status(stream.stop_reason.value)
         if stream.stop_reason is StopReason.INTERRUPTED and not error:
-            error = "The connection was lost before the reply finished."
+            error = stream.stop_error or "The connection was lost before the reply finished."
     metrics.stream_stopped(stream.message_id)
     stream.stopped.set()
     try:

@@ -21,6 +21,8 @@ FAST = {
     "DEMO_REPLY_WORDS": 20,
     "STREAM_CANCEL_CHECK_SECONDS": 0.05,
     "STREAM_HEARTBEAT_SECONDS": 0.05,
+    # The periodic reaper is tested on its own (tests/test_reaper.py).
+    "STREAM_REAPER_SECONDS": 0,
 }
 
 
@@ -31,9 +33,11 @@ def fast_streams(settings: Any) -> Iterator[None]:
         setattr(settings, name, value)
     settings.REDIS_URL = ""
     runtime.get_store.cache_clear()
+    runtime.get_limits.cache_clear()
     instance._per_loop.clear()
     yield
     runtime.get_store.cache_clear()
+    runtime.get_limits.cache_clear()
     instance._per_loop.clear()
 
 

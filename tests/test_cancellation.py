@@ -131,6 +131,26 @@ class TestCancelStoreContract:
         assert [s.message_id for s in listed] == ["live"]
         assert "i-dead" not in await backend.instances()
 
+    async def test_epoch_is_written_once_and_kept(self, store):
+        backend, clock = store
+        first = await backend.epoch()
+        assert first == clock.now
+        clock.now += 100
+        assert await backend.epoch() == first
+
+
+async def test_restarted_redis_starts_a_new_epoch(private_redis: RedisServer):
+    clock = Clock()
+    backend = RedisCancelStore(url=private_redis.url, prefix="epoch", clock=clock)
+    try:
+        assert await backend.epoch() == clock.now
+        assert await backend.client.ttl(backend.epoch_key) == -1  # Never expires.
+        clock.now += 50
+        private_redis.restart()
+        assert await backend.epoch() == clock.now
+    finally:
+        await backend.aclose()
+
 
 async def test_redis_keys_are_prefixed_and_expire(private_redis: RedisServer):
     backend = RedisCancelStore(

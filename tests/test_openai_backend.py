@@ -213,7 +213,7 @@ def test_a_backend_that_cannot_be_built_is_a_system_check_error(settings, backen
     settings.STREAM_BACKEND = backend
     settings.STREAM_BACKEND_OPTIONS = options
     [error] = check_stream_backend()
-    assert error.id == "streaming.E003"
+    assert error.id == "streaming.E004"
     settings.STREAM_BACKEND = "streaming.backends.DemoBackend"
     settings.STREAM_BACKEND_OPTIONS = {}
     assert check_stream_backend() == []

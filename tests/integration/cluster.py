@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,17 @@ def sqlite_url() -> str:
 
 
 class DaphneInstance:
-    def __init__(self, name: str, env: Mapping[str, str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        port: int | None = None,
+        daphne_args: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.port = port or free_port()
+        #: Extra daphne flags, e.g. ``("--ping-interval", "1", "--ping-timeout", "1")``.
+        self.daphne_args = list(daphne_args)
         self.env = {
             **os.environ,
             "DEBUG": "1",
@@ -77,6 +85,7 @@ class DaphneInstance:
                 "127.0.0.1",
                 "-p",
                 str(self.port),
+                *self.daphne_args,
                 "chatproject.asgi:application",
             ],
             cwd=ROOT,
