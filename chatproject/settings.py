@@ -205,6 +205,9 @@ STREAM_HEARTBEAT_SECONDS = _env_number("STREAM_HEARTBEAT_SECONDS", 2.0, minimum=
 STREAM_STALE_AFTER_SECONDS = _env_number(
     "STREAM_STALE_AFTER_SECONDS", 3 * STREAM_HEARTBEAT_SECONDS, minimum=0.1
 )
+#: Seconds between two saves of the text of running replies (0: only save when a reply ends).
+#: What a user keeps of a reply whose instance crashed.
+STREAM_CHECKPOINT_SECONDS = _env_number("STREAM_CHECKPOINT_SECONDS", 2.0, minimum=0)
 #: Registry entries of a dead instance vanish by themselves after this long.
 STREAM_REGISTRY_TTL = int(_env_number("STREAM_REGISTRY_TTL", 60, cast=int, minimum=1))
 #: Upper bound on any single Redis call made by the streaming app (seconds).

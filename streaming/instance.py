@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -65,6 +65,8 @@ class LocalStream:
     #: so a chunk is either fully sent (and recorded) or never sent.
     awaiting_source: bool = False
     chunks_since_check: int = 0
+    #: Chunks already saved by the last checkpoint (see ``InstanceStreams._checkpoints``).
+    checkpointed_chunks: int = 0
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -111,6 +113,8 @@ class InstanceStreams:
         mode: CancelMode = CancelMode.BATCHED,
         push: bool = True,
         registry_flush_seconds: float = 0.25,
+        checkpoint: Callable[[list[LocalStream]], Awaitable[None]] | None = None,
+        checkpoint_seconds: float = 2.0,
         min_batch_interval: float = 0.02,
         on_check_error: Callable[[str], None] | None = None,
     ) -> None:
@@ -128,6 +132,9 @@ class InstanceStreams:
         self.streams: dict[str, LocalStream] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.registry_flush_seconds = min(registry_flush_seconds, heartbeat_seconds)
+        self.checkpoint = checkpoint
+        self.checkpoint_seconds = checkpoint_seconds
+        self._checkpoint_task: asyncio.Task | None = None
         self._registry_dirty: set[str] = set()
         self._registry_removed: set[str] = set()
         self._registry_wake = asyncio.Event()
@@ -235,6 +242,9 @@ class InstanceStreams:
         if self.mode is CancelMode.BATCHED and self.streams:
             if self._watch_task is None or self._watch_task.done():
                 self._watch_task = self._spawn(self._watch())
+        if self.checkpoint is not None and self.checkpoint_seconds > 0 and self.streams:
+            if self._checkpoint_task is None or self._checkpoint_task.done():
+                self._checkpoint_task = self._spawn(self._checkpoints())
 
     def _spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -317,6 +327,28 @@ class InstanceStreams:
                         await self._registry_wake.wait()
                 except TimeoutError:
                     pass
+
+    async def _checkpoints(self) -> None:
+        """Save the text of running streams every ``checkpoint_seconds``, in one write.
+
+        A reply normally saves its text when it ends; this is for the instance that never gets
+        there (killed, out of memory): the reaper then marks the reply ``interrupted`` and the user
+        keeps what they saw up to the last checkpoint instead of an empty reply.
+        """
+        assert self.checkpoint is not None
+        while self.streams:
+            await asyncio.sleep(self.checkpoint_seconds)
+            dirty = [
+                s
+                for s in list(self.streams.values())
+                if s.stop_reason is None and s.chunks != s.checkpointed_chunks
+            ]
+            if not dirty:
+                continue
+            try:
+                await self.checkpoint(dirty)
+            except Exception:
+                logger.exception("Could not checkpoint %d streams", len(dirty))
 
     async def aclose(self) -> None:
         """Cancel and await the background tasks (tests and shutdown)."""

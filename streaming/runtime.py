@@ -62,8 +62,16 @@ def get_streams() -> InstanceStreams:
             heartbeat_seconds=settings.STREAM_HEARTBEAT_SECONDS,
             mode=CancelMode(settings.STREAM_CANCEL_MODE),
             on_check_error=metrics.redis_error,
+            checkpoint=_checkpoint,
+            checkpoint_seconds=settings.STREAM_CHECKPOINT_SECONDS,
         )
     )
+
+
+async def _checkpoint(streams: list) -> None:
+    from .services import checkpoint_streams  # services imports this module
+
+    await checkpoint_streams(streams)
 
 
 @functools.cache

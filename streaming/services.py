@@ -16,6 +16,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.db import transaction
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from . import metrics
@@ -87,6 +88,26 @@ def _finish_message(message_id: str, status: str, text: str, chunks: int, error:
     Message.objects.filter(pk=message_id).update(
         status=status, text=text, chunks=chunks, error=error[:500], finished_at=timezone.now()
     )
+
+
+def _save_checkpoints(snapshots: list[tuple[str, str, int]]) -> int:
+    """One UPDATE for all snapshots, only for replies still streaming (an end is never undone)."""
+    if not snapshots:
+        return 0
+    return Message.objects.filter(
+        pk__in=[pk for pk, _, _ in snapshots], status=Message.Status.STREAMING
+    ).update(
+        text=Case(*(When(pk=pk, then=Value(text)) for pk, text, _ in snapshots)),
+        chunks=Case(*(When(pk=pk, then=Value(chunks)) for pk, _, chunks in snapshots)),
+    )
+
+
+async def checkpoint_streams(streams: list[LocalStream]) -> None:
+    """Save the text sent so far of running streams (called by ``InstanceStreams``)."""
+    snapshots = [(s.message_id, s.text, s.chunks) for s in streams]
+    await database_sync_to_async(_save_checkpoints)(snapshots)
+    for stream, (_, _, chunks) in zip(streams, snapshots, strict=True):
+        stream.checkpointed_chunks = chunks
 
 
 def _owned_message(owner: Owner, message_id: uuid.UUID) -> Message:

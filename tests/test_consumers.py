@@ -290,3 +290,28 @@ async def test_database_messages_match_what_clients_saw(connect, settings):
     texts = [f["text"] for f in frames if f["type"] == "stream.chunk"]
     stored = await database_sync_to_async(lambda: Message.objects.get(pk=started["message_id"]))()
     assert stored.text == "".join(texts)
+
+
+async def test_running_reply_text_is_checkpointed_and_final_save_wins(connect, settings):
+    """A crash loses at most one checkpoint interval of text; a finished reply is never undone."""
+    settings.DEMO_REPLY_WORDS = 500
+    settings.STREAM_CHECKPOINT_SECONDS = 0.05
+    client = await connect()
+    started = await client.start("checkpoint me")
+    seen = [(await client.receive())["text"] for _ in range(10)]
+
+    async def checkpointed() -> bool:
+        stored = await message(started["message_id"])
+        return stored.chunks >= 10
+
+    await eventually(checkpointed)
+    stored = await message(started["message_id"])
+    assert stored.status == "streaming"
+    full = "".join(demo_chunks("checkpoint me", 500))
+    assert stored.text.startswith("".join(seen)) and full.startswith(stored.text)
+    await client.send({"type": "stream.cancel", "message_id": started["message_id"]})
+    frames = await client.receive_until("stream.finished")
+    sent = seen + [f["text"] for f in frames if f["type"] == "stream.chunk"]
+    await asyncio.sleep(0.2)  # Several checkpoint intervals: none may overwrite the final save.
+    stored = await message(started["message_id"])
+    assert (stored.status, stored.text, stored.chunks) == ("cancelled", "".join(sent), len(sent))

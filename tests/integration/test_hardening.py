@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from streaming.backends import demo_chunks
 from tests.integration.cluster import ChatSession, DaphneInstance, migrate, sqlite_url
 from tests.redis_server import RedisServer
 
@@ -78,6 +79,7 @@ def deployment() -> Iterator[Deployment]:
         "STREAM_REAPER_SECONDS": str(REAPER_INTERVAL),
         "STREAM_REAPER_GRACE_SECONDS": str(REAPER_GRACE),
         "STREAM_REDIS_TIMEOUT": "0.3",
+        "STREAM_CHECKPOINT_SECONDS": "0.5",
     }
     deployment = Deployment(redis, database, env)
     try:
@@ -124,7 +126,7 @@ async def test_sigkilled_instance_streams_are_reaped_within_the_bound(deployment
     on_survivor = await session.socket(survivor)  # Starts the survivor's reaper.
     dying = await on_doomed.start("about to crash")
     living = await on_survivor.start("still alive")
-    await read_chunks(on_doomed, 3)
+    seen = await read_chunks(on_doomed, 3)
     await asyncio.sleep(REAPER_GRACE)  # Both replies are now older than the grace period.
     doomed.kill()
     killed_at = time.monotonic()
@@ -132,8 +134,11 @@ async def test_sigkilled_instance_streams_are_reaped_within_the_bound(deployment
     while deployment.reply(dying["message_id"])[0] == "streaming":
         assert time.monotonic() < deadline, f"not reaped within {REAP_BOUND + 5:.1f} s"
         await asyncio.sleep(0.1)
-    status, _, error = deployment.reply(dying["message_id"])
+    status, text, error = deployment.reply(dying["message_id"])
     assert (status, error) == ("interrupted", "The server handling this reply stopped.")
+    # The last checkpoint (every 0.5 s) survived the crash: a non-empty prefix of what was sent.
+    assert text and "".join(demo_chunks("about to crash", 2000)).startswith(text)
+    assert len(text) >= len("".join(seen[:3]))
     code, body = await session.get_json(survivor, "/api/streams/active/")
     assert code == 200
     assert [s["message_id"] for s in body["streams"] if not s["stale"]] == [living["message_id"]]
