@@ -11,7 +11,7 @@ Redis layout (``P`` is the configured prefix)::
     P:cancel:<message_id>      string "1", EX flag_ttl             cancel flag
     P:streams:<instance>       hash message_id -> JSON, EX ttl     streams an instance runs
     P:instances                zset instance -> last heartbeat     which instances to read
-    P:epoch                    string unix time, no TTL            when this registry began
+    P:epoch                    string unix time, EX 1 day          when this registry began
 
 Every backend method either succeeds or raises ``StoreUnavailable`` within the configured timeout;
 the fail-safe policy (what a failure means for a stream or a cancel) belongs to the callers.
@@ -38,6 +38,10 @@ from .redis_clients import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+#: Lifetime of the registry epoch key (seconds).
+EPOCH_TTL = 86400
 
 
 class StoreUnavailable(Exception):
@@ -339,14 +343,18 @@ class RedisCancelStore(CancelStore):
 
     async def epoch(self) -> float:
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.epoch_key, repr(self.clock()), nx=True)
+        # A TTL like every key; when it lapses a new epoch starts, which only pauses reaping for
+        # one grace period.
+        pipe.set(self.epoch_key, repr(self.clock()), nx=True, ex=EPOCH_TTL)
         pipe.get(self.epoch_key)
         _, raw = await self._call("epoch", pipe.execute())
         try:
             return float(raw)
         except (TypeError, ValueError):
             # Overwritten by something else: start a new epoch rather than trust it.
-            await self._call("epoch", self.client.set(self.epoch_key, repr(self.clock())))
+            await self._call(
+                "epoch", self.client.set(self.epoch_key, repr(self.clock()), ex=EPOCH_TTL)
+            )
             return self.clock()
 
     # Cancel flags.
