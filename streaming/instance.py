@@ -67,6 +67,7 @@ class LocalStream:
     chunks_since_check: int = 0
     #: Chunks already saved by the last checkpoint (see ``InstanceStreams._checkpoints``).
     checkpointed_chunks: int = 0
+    checkpoint_due: float | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -336,19 +337,26 @@ class InstanceStreams:
         keeps what they saw up to the last checkpoint instead of an empty reply.
         """
         assert self.checkpoint is not None
+        loop = asyncio.get_running_loop()
+        # Ticks a fifth of the interval apart, each saving only the streams that are due: streams
+        # started at different times spread the writes instead of saving all at once.
         while self.streams:
-            await asyncio.sleep(self.checkpoint_seconds)
-            dirty = [
-                s
-                for s in list(self.streams.values())
-                if s.stop_reason is None and s.chunks != s.checkpointed_chunks
-            ]
-            if not dirty:
+            await asyncio.sleep(self.checkpoint_seconds / 5)
+            now = loop.time()
+            due = []
+            for stream in list(self.streams.values()):
+                if stream.checkpoint_due is None:
+                    stream.checkpoint_due = now + self.checkpoint_seconds
+                elif now >= stream.checkpoint_due:
+                    stream.checkpoint_due = now + self.checkpoint_seconds
+                    if stream.stop_reason is None and stream.chunks != stream.checkpointed_chunks:
+                        due.append(stream)
+            if not due:
                 continue
             try:
-                await self.checkpoint(dirty)
+                await self.checkpoint(due)
             except Exception:
-                logger.exception("Could not checkpoint %d streams", len(dirty))
+                logger.exception("Could not checkpoint %d streams", len(due))
 
     async def aclose(self) -> None:
         """Cancel and await the background tasks (tests and shutdown)."""
