@@ -130,6 +130,8 @@ def cluster(instances: int, env: dict[str, str]) -> Iterator[Cluster]:
         "LOG_LEVEL": "WARNING",
         **UNLIMITED,
         **env,
+        # BENCH_SET_<NAME>=value sets <NAME> on the servers, e.g. to try another setting.
+        **{k[len("BENCH_SET_") :]: v for k, v in os.environ.items() if k.startswith("BENCH_SET_")},
     }
     migrate(database, common)
     started = [DaphneInstance(f"bench-{i}", common) for i in range(instances)]

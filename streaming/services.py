@@ -89,38 +89,42 @@ def _finish_message(message_id: str, status: str, text: str, chunks: int, error:
     )
 
 
-def _save_checkpoints(snapshots: list[tuple[str, str, int]]) -> None:
-    """Save snapshots with one prepared UPDATE run for every row, only for replies still
-    streaming (an end is never undone).
+def _save_checkpoints(snapshots: list[tuple[str, str, int, int]]) -> None:
+    """Append each stream's new text since its last checkpoint, in one transaction.
 
-    Plain ``executemany`` on purpose: compiling an ORM ``Case``/``When`` per row costs enough CPU,
-    under the GIL, to delay the chunks of a thousand streams.
+    A snapshot is ``(message_id, new_text, chunks_before, chunks_after)``. The row is only touched
+    while the reply is still streaming (a final save is never undone) and while its stored chunk
+    count is ``chunks_before``, so a checkpoint can never be applied twice or out of order. Plain
+    ``executemany``: compiling ORM expressions per row would cost CPU under the GIL that a
+    thousand streams' chunks need.
     """
     if not snapshots:
         return
     table = connection.ops.quote_name(Message._meta.db_table)
     pk_field = Message._meta.pk
+    streaming = Message.Status.STREAMING.value
     rows = [
-        (
-            text,
-            chunks,
-            pk_field.get_db_prep_value(uuid.UUID(pk), connection),
-            Message.Status.STREAMING.value,
-        )
-        for pk, text, chunks in snapshots
+        (new_text, after, pk_field.get_db_prep_value(uuid.UUID(pk), connection), streaming, before)
+        for pk, new_text, before, after in snapshots
     ]
-    with connection.cursor() as cursor:
+    # One transaction: one commit (one WAL flush) per checkpoint, not one per row.
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(
-            f"UPDATE {table} SET text = %s, chunks = %s WHERE id = %s AND status = %s", rows
+            f"UPDATE {table} SET text = text || %s, chunks = %s "
+            "WHERE id = %s AND status = %s AND chunks = %s",
+            rows,
         )
 
 
 async def checkpoint_streams(streams: list[LocalStream]) -> None:
     """Save the text sent so far of running streams (called by ``InstanceStreams``)."""
-    snapshots = [(s.message_id, s.text, s.chunks) for s in streams]
+    snapshots = []
+    for stream in streams:
+        before, after = stream.checkpointed_chunks, stream.chunks
+        snapshots.append((stream.message_id, "".join(stream.parts[before:after]), before, after))
     await database_sync_to_async(_save_checkpoints)(snapshots)
-    for stream, (_, _, chunks) in zip(streams, snapshots, strict=True):
-        stream.checkpointed_chunks = chunks
+    for stream, (_, _, _, after) in zip(streams, snapshots, strict=True):
+        stream.checkpointed_chunks = after
 
 
 def _owned_message(owner: Owner, message_id: uuid.UUID) -> Message:
