@@ -55,7 +55,7 @@ class LocalStream:
     owner_user_id: int | None
     instance: str
     started_at: float = field(default_factory=time.time)
-    chunks: int = 0
+    #: The chunks sent to the client, in order: exactly what is stored as the reply's text.
     parts: list[str] = field(default_factory=list)
     stop_reason: StopReason | None = None
     #: Why an ``interrupted`` stop happened, stored with the reply (default: the client left).
@@ -68,7 +68,12 @@ class LocalStream:
     #: Chunks already saved by the last checkpoint (see ``InstanceStreams._checkpoints``).
     checkpointed_chunks: int = 0
     checkpoint_due: float | None = None
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set once the stream has left its loop: a stop then changes nothing.
+    ended: bool = False
+
+    @property
+    def chunks(self) -> int:
+        return len(self.parts)
 
     @property
     def text(self) -> str:
@@ -90,7 +95,7 @@ class LocalStream:
 
         Returns True when this call is the one that stopped it.
         """
-        if self.stop_reason is not None or self.stopped.is_set():
+        if self.stop_reason is not None or self.ended:
             return False
         self.stop_reason = reason
         self.stop_error = error
@@ -199,12 +204,26 @@ class InstanceStreams:
         self._ensure_background()
         self._registry_wake.set()
 
-    def stop_local(self, message_id: str, reason: StopReason) -> bool:
+    def stop_local(self, message_id: str, reason: StopReason, *, error: str = "") -> bool:
         """Stop a stream if it runs here; True when it does (whether or not already stopping)."""
         stream = self.streams.get(message_id)
         if stream is None:
             return False
-        stream.stop(reason)
+        stream.stop(reason, error=error)
+        return True
+
+    def stop_threadsafe(self, message_id: str, reason: StopReason, *, error: str = "") -> bool:
+        """``stop_local`` from any thread or loop (the admin and shutdown hooks call this)."""
+        if message_id not in self.streams:
+            return False
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if self.loop is None or self.loop is current:
+            self.stop_local(message_id, reason, error=error)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(lambda: self.stop_local(message_id, reason, error=error))
         return True
 
     async def chunk_sent(self, stream: LocalStream) -> None:

@@ -224,7 +224,6 @@ async def _run_stream(
                     stream.stop(StopReason.INTERRUPTED)
                     break
                 stream.parts.append(chunk)
-                stream.chunks += 1
                 await streams.chunk_sent(stream)
                 metrics.chunk_sent(chunks=stream.chunks, started_at=stream.started_at)
     except asyncio.CancelledError:
@@ -245,7 +244,7 @@ async def _run_stream(
         if stream.stop_reason is StopReason.INTERRUPTED and not error:
             error = stream.stop_error or "The connection was lost before the reply finished."
     metrics.stream_stopped(stream.message_id)
-    stream.stopped.set()
+    stream.ended = True
     try:
         await _finish(stream=stream, status=status, error=error, send=send, streams=streams)
     finally:
@@ -306,20 +305,11 @@ async def stream_stop_and_wait(
 
 def _stop_everywhere_in_process(message_id: str) -> bool:
     """Stop the stream if any event loop of this process runs it (thread-safe)."""
-    try:
-        current = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
     found = False
     for streams in all_instance_streams():
-        if message_id not in streams.streams:
-            continue
-        found = True
-        metrics.cancel_arrived(message_id, metrics.LOCAL)
-        if streams.loop is current or streams.loop is None:
-            streams.stop_local(message_id, StopReason.CANCELLED)
-        elif not streams.loop.is_closed():
-            streams.loop.call_soon_threadsafe(streams.stop_local, message_id, StopReason.CANCELLED)
+        if message_id in streams.streams:
+            metrics.cancel_arrived(message_id, metrics.LOCAL)
+            found |= streams.stop_threadsafe(message_id, StopReason.CANCELLED)
     return found
 
 

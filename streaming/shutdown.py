@@ -40,12 +40,7 @@ async def interrupt_all_streams(*, grace_seconds: float, flush_seconds: float = 
     tasks = []
     for streams in all_instance_streams():
         for stream in list(streams.streams.values()):
-            if streams.loop is loop or streams.loop is None:
-                stream.stop(StopReason.INTERRUPTED, error=SHUTDOWN_ERROR)
-            elif not streams.loop.is_closed():
-                streams.loop.call_soon_threadsafe(
-                    lambda s=stream: s.stop(StopReason.INTERRUPTED, error=SHUTDOWN_ERROR)
-                )
+            streams.stop_threadsafe(stream.message_id, StopReason.INTERRUPTED, error=SHUTDOWN_ERROR)
             if stream.task is not None and stream.task.get_loop() is loop:
                 tasks.append(stream.task)
     if tasks:
