@@ -22,9 +22,7 @@ from .identity import Owner, owner_from
 from .instance import LocalStream
 from .limits import CLOSE_TOO_MANY_CONNECTIONS
 from .protocol import ChatMessage, Ping, StreamCancel, parse_frame
-from .reaper import ensure_reaper
-from .runtime import get_limits, get_streams
-from .shutdown import install_shutdown_hook
+from .runtime import get_limits, start_instance_services
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +45,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     streams: dict[str, LocalStream]
     counted = False
     backlog: Probe | None = None
+    backlog_limit = 0
     dropping = False
 
     async def connect(self) -> None:
@@ -57,9 +56,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.owner = owner
         self.streams = {}
-        get_streams().ensure_started()
-        ensure_reaper()
-        install_shutdown_hook()
+        start_instance_services()
         if not get_limits().open_connection(owner):
             # Accept, then say why and close: a refused handshake carries no reason a client sees.
             await self.accept()
@@ -70,6 +67,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.counted = True
         self.backlog = backlog_probe(self.base_send)
+        self.backlog_limit = settings.STREAM_MAX_SEND_BACKLOG_BYTES
         await self.accept()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -122,8 +120,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         """Send a frame; past the backlog cap, drop the socket and raise ``ClientNotReading``."""
-        limit = settings.STREAM_MAX_SEND_BACKLOG_BYTES
-        if self.backlog is not None and limit and (self.dropping or self.backlog() > limit):
+        if (
+            self.backlog is not None
+            and self.backlog_limit
+            and (self.dropping or self.backlog() > self.backlog_limit)
+        ):
             if not self.dropping:
                 self.dropping = True
                 logger.warning("Dropping a client that left %d bytes unread", self.backlog())

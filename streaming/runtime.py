@@ -68,6 +68,21 @@ def get_streams() -> InstanceStreams:
     )
 
 
+def start_instance_services() -> None:
+    """Start what lives as long as this instance's event loop, once: the cancel subscription, the
+    reaper of dead instances' replies and the graceful-shutdown hook.
+
+    Called on every WebSocket connect and by the active-streams API (an instance serving only HTTP
+    reaps too); each piece is idempotent and cheap once running.
+    """
+    from .reaper import ensure_reaper
+    from .shutdown import install_shutdown_hook
+
+    get_streams().ensure_started()
+    ensure_reaper()
+    install_shutdown_hook()
+
+
 async def _checkpoint(streams: list) -> None:
     from .services import checkpoint_streams  # services imports this module
 

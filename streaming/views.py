@@ -18,8 +18,7 @@ from . import metrics, selectors, services
 from .cancellation import StoreUnavailable
 from .exceptions import FORBIDDEN, HTTP_STATUS, UNAVAILABLE, ClientError
 from .identity import OWNER_SESSION_KEY, Owner, ensure_owner_key
-from .reaper import ensure_reaper
-from .runtime import get_store
+from .runtime import get_store, start_instance_services
 
 
 def error_response(exc: ClientError) -> JsonResponse:
@@ -83,7 +82,7 @@ async def cancel_stream(request: HttpRequest, message_id: uuid.UUID) -> JsonResp
 @require_GET
 async def active_streams(request: HttpRequest) -> JsonResponse:
     async def view(request: HttpRequest, owner: Owner) -> dict[str, Any]:
-        ensure_reaper()  # Instances that only serve HTTP reap too.
+        start_instance_services()
         streams = await selectors.active_streams(owner=owner)
         return {"streams": [selectors.stream_as_json(s) for s in streams]}
 
