@@ -117,12 +117,6 @@ class CancelStore:
         return 0
 
     # Registry.
-    async def register(self, info: StreamInfo) -> None:
-        raise NotImplementedError
-
-    async def unregister(self, instance: str, message_id: str) -> None:
-        raise NotImplementedError
-
     async def heartbeat(
         self,
         instance: str,
@@ -207,13 +201,6 @@ class InMemoryCancelStore(CancelStore):
 
     async def clear(self, message_id: str) -> None:
         self._flags.pop(message_id, None)
-
-    async def register(self, info: StreamInfo) -> None:
-        self._streams.setdefault(info.instance, {})[info.message_id] = info
-        self._heartbeats[info.instance] = self.clock()
-
-    async def unregister(self, instance: str, message_id: str) -> None:
-        self._streams.get(instance, {}).pop(message_id, None)
 
     async def heartbeat(
         self,
@@ -385,18 +372,6 @@ class RedisCancelStore(CancelStore):
         return int(receivers)
 
     # Registry.
-    async def register(self, info: StreamInfo) -> None:
-        key = self.streams_key(info.instance)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(key, info.message_id, info.to_json())
-        pipe.expire(key, self.registry_ttl)
-        pipe.zadd(self.instances_key, {info.instance: self.clock()})
-        pipe.expire(self.instances_key, self.registry_ttl)
-        await self._call("register", pipe.execute())
-
-    async def unregister(self, instance: str, message_id: str) -> None:
-        await self._call("unregister", self.client.hdel(self.streams_key(instance), message_id))
-
     async def heartbeat(
         self,
         instance: str,

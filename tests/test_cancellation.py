@@ -43,6 +43,11 @@ def info(message_id: str, instance: str = "i1", chunks: int = 0) -> StreamInfo:
     )
 
 
+async def register(backend: CancelStore, entry: StreamInfo) -> None:
+    """Register one stream the way an instance does: a heartbeat carrying it."""
+    await backend.heartbeat(entry.instance, [entry])
+
+
 OPTIONS = {"flag_ttl": 100, "registry_ttl": 30, "stale_after": 5.0}
 
 
@@ -92,8 +97,8 @@ class TestCancelStoreContract:
 
     async def test_registry_lists_registered_streams_in_start_order(self, store):
         backend, _ = store
-        await backend.register(info("bb", "i1"))
-        await backend.register(info("a", "i2"))
+        await register(backend, info("bb", "i1"))
+        await register(backend, info("a", "i2"))
         listed = await backend.list_active()
         assert [s.message_id for s in listed] == ["a", "bb"]
         assert {s.instance for s in listed} == {"i1", "i2"}
@@ -102,19 +107,19 @@ class TestCancelStoreContract:
 
     async def test_heartbeat_refreshes_chunks_and_unregister_removes(self, store):
         backend, clock = store
-        await backend.register(info("m1"))
+        await register(backend, info("m1"))
         clock.now += 1
         await backend.heartbeat("i1", [info("m1", chunks=7)])
         [entry] = await backend.list_active()
         assert entry.chunks == 7
         assert entry.heartbeat_at == clock.now
-        await backend.unregister("i1", "m1")
+        await backend.heartbeat("i1", [], ["m1"], beat=False)
         assert await backend.list_active() == []
 
     async def test_silent_instance_is_marked_stale_then_forgotten(self, store):
         backend, clock = store
-        await backend.register(info("dead", "i-dead"))
-        await backend.register(info("live", "i-live"))
+        await register(backend, info("dead", "i-dead"))
+        await register(backend, info("live", "i-live"))
         clock.now += 10  # Past stale_after (5 s).
         await backend.heartbeat("i-live", [info("live", "i-live")])
         by_id = {s.message_id: s for s in await backend.list_active()}
@@ -158,7 +163,7 @@ async def test_redis_keys_are_prefixed_and_expire(private_redis: RedisServer):
     )
     try:
         await backend.set_cancelled("m1")
-        await backend.register(info("m1", "inst"))
+        await register(backend, info("m1", "inst"))
         client = backend.client
         assert 0 < await client.ttl("ttlcheck:cancel:m1") <= 123
         assert 0 < await client.ttl("ttlcheck:streams:inst") <= 45
@@ -176,7 +181,7 @@ async def test_unreachable_redis_raises_store_unavailable_quickly(private_redis:
         for call in (
             backend.set_cancelled("m2"),
             backend.cancelled_among(["m1"]),
-            backend.register(info("m3")),
+            register(backend, info("m3")),
             backend.heartbeat("i1", [info("m3")]),
             backend.list_active(),
             backend.ping(),

@@ -79,9 +79,9 @@ async def test_reaps_only_old_streaming_replies_missing_from_the_live_registry()
     done = await reply(age=GRACE + 1, status="completed")
     on_dead_instance = await reply(age=GRACE + 1)
     clock.now = NOW - 10  # The dead instance's last heartbeat: past stale_after at NOW.
-    await store.register(entry(on_dead_instance, "dead"))
+    await store.heartbeat("dead", [entry(on_dead_instance, "dead")])
     clock.now = NOW
-    await store.register(entry(live, "alive"))
+    await store.heartbeat("alive", [entry(live, "alive")])
 
     reaped = await reap_orphaned_streams(store=store, grace_seconds=GRACE, now=NOW)
 
