@@ -41,7 +41,7 @@ def register(reply: Message, *, instance: str = "i-1", chunks: int = 7) -> Strea
         started_at=time.time() - 3,
         chunks=chunks,
     )
-    async_to_sync(get_store().register)(info)
+    async_to_sync(get_store().heartbeat)(instance, [info])
     return info
 
 
