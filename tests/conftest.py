@@ -13,6 +13,7 @@ from django.contrib.sessions.backends.db import SessionStore
 
 from streaming import instance, runtime
 from streaming.identity import OWNER_SESSION_KEY
+from tests.frames import FrameClient
 from tests.redis_server import RedisServer
 
 FAST = {
@@ -91,7 +92,7 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float = 
         await asyncio.sleep(0.02)
 
 
-class Client:
+class Client(FrameClient):
     """A WebSocket client speaking the JSON contract."""
 
     def __init__(self, communicator: WebsocketCommunicator) -> None:
@@ -103,15 +104,6 @@ class Client:
 
     async def receive(self, timeout: float = 5) -> dict[str, Any]:
         return await self.communicator.receive_json_from(timeout)
-
-    async def receive_until(self, kind: str, timeout: float = 10) -> list[dict[str, Any]]:
-        """All frames up to and including the first of type ``kind``."""
-        frames = []
-        while True:
-            frame = await self.receive(timeout)
-            frames.append(frame)
-            if frame["type"] == kind:
-                return frames
 
     async def start(self, text: str, **extra: Any) -> dict[str, Any]:
         await self.send({"type": "chat.message", "text": text, **extra})

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import websockets
 
+from tests.frames import FrameClient
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +133,9 @@ class DaphneInstance:
             self._log.close()
 
 
-class ChatSocket:
+class ChatSocket(FrameClient):
+    until_timeout = 20
+
     def __init__(self, connection: Any) -> None:
         self.connection = connection
 
@@ -142,15 +145,8 @@ class ChatSocket:
     async def receive(self, timeout: float = 10) -> dict[str, Any]:
         return json.loads(await asyncio.wait_for(self.connection.recv(), timeout))
 
-    async def receive_until(self, kind: str, timeout: float = 20) -> list[dict[str, Any]]:
-        frames = []
-        while True:
-            frame = await self.receive(timeout)
-            frames.append(frame)
-            if frame["type"] == kind:
-                return frames
-
     async def start(self, text: str, **extra: Any) -> dict[str, Any]:
+        """Start a reply; frames of earlier replies still in flight are skipped."""
         await self.send({"type": "chat.message", "text": text, **extra})
         while True:
             frame = await self.receive()
