@@ -14,13 +14,7 @@ import httpx
 import pytest
 
 from streaming.backends import demo_chunks
-from tests.integration.cluster import (
-    ChatSession,
-    ChatSocket,
-    DaphneInstance,
-    migrate,
-    sqlite_url,
-)
+from tests.integration.cluster import ChatSession, ChatSocket, DaphneInstance
 from tests.integration.nginx import NginxProxy
 from tests.redis_server import RedisServer
 
@@ -37,33 +31,18 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment() -> Iterator[Deployment]:
-    redis = RedisServer().start()
-    database = sqlite_url()
-    migrate(database)
-    env = {
-        "REDIS_URL": redis.url,
-        "DATABASE_URL": database,
-        "STREAM_CHUNK_DELAY": "0.02",
-        "DEMO_REPLY_WORDS": str(WORDS),
-        "STREAM_CANCEL_CHECK_SECONDS": "0.2",
-        "STREAM_HEARTBEAT_SECONDS": "0.5",
-        "STREAM_REDIS_TIMEOUT": "0.3",
-    }
-    instances = {name: DaphneInstance(name, env) for name in ("instance-a", "instance-b")}
-    nginx = NginxProxy(list(instances.values()))
+def deployment(make_cluster) -> Iterator[Deployment]:
+    cluster = make_cluster(
+        STREAM_CHUNK_DELAY="0.02",
+        DEMO_REPLY_WORDS=str(WORDS),
+        STREAM_CANCEL_CHECK_SECONDS="0.2",
+    )
+    nginx = NginxProxy([cluster.a, cluster.b])
     try:
-        for instance in instances.values():
-            instance.start()
         nginx.start()
-        yield Deployment(redis, instances, nginx)
+        yield Deployment(cluster.redis, {i.name: i for i in (cluster.a, cluster.b)}, nginx)
     finally:
         nginx.stop()
-        for instance in instances.values():
-            instance.stop()
-        redis.stop()
-    for instance in instances.values():
-        assert "Traceback" not in instance.log(), instance.log()
 
 
 async def instance_of(session: ChatSession, nginx: NginxProxy, message_id: str) -> str:
