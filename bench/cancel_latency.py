@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 
-from common import MODES, Stream, cluster, emit, parser, sessions, summary_ms
+from common import MODES, Stream, cluster, emit, open_streams, parser, sessions, summary_ms
 
 
 async def run(mode: str, streams: int, trials: int) -> dict:
@@ -21,12 +21,7 @@ async def run(mode: str, streams: int, trials: int) -> dict:
     with cluster(2, env) as c:
         a, b = c.instances
         owners = await sessions(a, max(1, streams // 10))
-        running = list(
-            await asyncio.gather(
-                *(Stream.open(owners[i % len(owners)], a, f"latency {i}") for i in range(streams))
-            )
-        )
-        await asyncio.gather(*(s.first_chunk.wait() for s in running))
+        running = await open_streams(owners, [a], streams, "latency")
         await asyncio.sleep(1)
         rng = random.Random(7)
         latencies: list[float] = []

@@ -16,19 +16,13 @@ import asyncio
 import itertools
 import time
 
-from common import MODES, Stream, cluster, emit, parser, percentile, sessions
+from common import MODES, cluster, emit, open_streams, parser, percentile, sessions
 
 DELAY = 0.1
 
 
 async def measure(instance, owners, streams: int, path: str, window: float) -> dict:
-    running: list[Stream] = []
-    for start in range(0, streams, 100):
-        batch = range(start, min(streams, start + 100))
-        running += await asyncio.gather(
-            *(Stream.open(owners[i % len(owners)], instance, f"cap {i}", path) for i in batch)
-        )
-    await asyncio.gather(*(s.first_chunk.wait() for s in running))
+    running = await open_streams(owners, [instance], streams, "cap", path=path, wave=100)
     await asyncio.sleep(2)
     counts = [len(s.chunk_times) for s in running]
     t0 = time.monotonic()

@@ -200,6 +200,32 @@ class Stream:
             await self.socket.close()
 
 
+async def open_streams(
+    owners: list[ChatSession],
+    instances: list[DaphneInstance],
+    count: int,
+    label: str,
+    *,
+    path: str = "/ws/chat/",
+    wave: int | None = None,
+) -> list[Stream]:
+    """Open ``count`` streams round robin over ``owners`` and ``instances``, ``wave`` at a time
+    (None: all at once), and return once every one has sent its first chunk."""
+    running: list[Stream] = []
+    step = wave or count
+    for start in range(0, count, step):
+        running += await asyncio.gather(
+            *(
+                Stream.open(
+                    owners[i % len(owners)], instances[i % len(instances)], f"{label} {i}", path
+                )
+                for i in range(start, min(count, start + step))
+            )
+        )
+    await asyncio.gather(*(s.first_chunk.wait() for s in running))
+    return running
+
+
 async def sessions(instance: DaphneInstance, count: int) -> list[ChatSession]:
     return list(await asyncio.gather(*(ChatSession().login(instance) for _ in range(count))))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from common import MODES, Stream, cancel_via, cluster, emit, parser, sessions
+from common import MODES, cancel_via, cluster, emit, open_streams, parser, sessions
 
 
 async def run(mode: str, streams: int, fraction: float, words: int) -> dict:
@@ -20,15 +20,7 @@ async def run(mode: str, streams: int, fraction: float, words: int) -> dict:
     with cluster(2, env) as c:
         a, b = c.instances
         owners = await sessions(a, max(1, streams // 10))
-        running = list(
-            await asyncio.gather(
-                *(
-                    Stream.open(owners[i % len(owners)], c.instances[i % 2], f"mass {i}")
-                    for i in range(streams)
-                )
-            )
-        )
-        await asyncio.gather(*(s.first_chunk.wait() for s in running))
+        running = await open_streams(owners, c.instances, streams, "mass")
         rng = random.Random(11)
         chosen = set(rng.sample(range(streams), int(streams * fraction)))
         # Group cancels by owner and target the instance the stream is NOT on.

@@ -12,23 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from common import MODES, Stream, cluster, emit, parser, sessions
+from common import MODES, cluster, emit, open_streams, parser, sessions
 
 
 async def run(mode: str, streams: int, window: float) -> dict:
     env = {**MODES[mode], "STREAM_CHUNK_DELAY": "0.1", "DEMO_REPLY_WORDS": "100000"}
     with cluster(2, env) as c:
         owners = await sessions(c.instances[0], max(1, streams // 10))
-        running: list[Stream] = []
-        for start in range(0, streams, 100):  # Open in waves, as users would arrive.
-            batch = range(start, min(streams, start + 100))
-            running += await asyncio.gather(
-                *(
-                    Stream.open(owners[i % len(owners)], c.instances[i % 2], f"load {i}")
-                    for i in batch
-                )
-            )
-        await asyncio.gather(*(s.first_chunk.wait() for s in running))
+        # Opened in waves, as users would arrive.
+        running = await open_streams(owners, c.instances, streams, "load", wave=100)
         await asyncio.sleep(3)  # Let the registry and subscriptions settle.
         before, t0 = c.redis_commands(), time.monotonic()
         chunks_before = sum(len(s.chunk_times) for s in running)
