@@ -29,7 +29,6 @@ import weakref
 from datetime import UTC, datetime
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 
 from .cancellation import CancelStore, StoreUnavailable
 from .models import Message
@@ -98,22 +97,18 @@ _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = 
 )
 
 
-def ensure_reaper() -> asyncio.Task | None:
-    """Start this event loop's reaper unless it runs already (called on every connect and by the
-    active-streams API); None when ``STREAM_REAPER_SECONDS`` is 0."""
-    if settings.STREAM_REAPER_SECONDS <= 0:
+def ensure_reaper(
+    *, store: CancelStore, interval: float, grace_seconds: float
+) -> asyncio.Task | None:
+    """Start this event loop's reaper unless it runs already (see
+    ``runtime.start_instance_services``); None when ``interval`` is 0."""
+    if interval <= 0:
         return None
-    from .runtime import get_store
-
     loop = asyncio.get_running_loop()
     task = _per_loop.get(loop)
     if task is None or task.done():
         task = _per_loop[loop] = loop.create_task(
-            run_reaper(
-                store=get_store(),
-                interval=settings.STREAM_REAPER_SECONDS,
-                grace_seconds=settings.STREAM_REAPER_GRACE_SECONDS,
-            ),
+            run_reaper(store=store, interval=interval, grace_seconds=grace_seconds),
             name="stream-reaper",
         )
     return task

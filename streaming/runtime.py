@@ -79,8 +79,12 @@ def start_instance_services() -> None:
     from .shutdown import install_shutdown_hook
 
     get_streams().ensure_started()
-    ensure_reaper()
-    install_shutdown_hook()
+    ensure_reaper(
+        store=get_store(),
+        interval=settings.STREAM_REAPER_SECONDS,
+        grace_seconds=settings.STREAM_REAPER_GRACE_SECONDS,
+    )
+    install_shutdown_hook(grace_seconds=settings.STREAM_SHUTDOWN_GRACE_SECONDS)
 
 
 async def _checkpoint(streams: list) -> None:

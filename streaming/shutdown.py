@@ -19,8 +19,6 @@ import asyncio
 import logging
 import sys
 
-from django.conf import settings
-
 from .instance import StopReason, all_instance_streams
 
 logger = logging.getLogger(__name__)
@@ -52,7 +50,7 @@ async def interrupt_all_streams(*, grace_seconds: float, flush_seconds: float = 
     return len(tasks)
 
 
-def install_shutdown_hook() -> bool:
+def install_shutdown_hook(*, grace_seconds: float) -> bool:
     """Register the trigger with the running Twisted reactor (daphne); True once installed.
 
     Called on every WebSocket connect; does nothing outside daphne (tests, other servers) and never
@@ -64,12 +62,11 @@ def install_shutdown_hook() -> bool:
     if id(reactor) in _hooked:
         return True
     _hooked.add(id(reactor))
-    timeout = settings.STREAM_SHUTDOWN_GRACE_SECONDS
 
     def before_shutdown() -> object:
         from twisted.internet import defer
 
-        future = asyncio.ensure_future(interrupt_all_streams(grace_seconds=timeout))
+        future = asyncio.ensure_future(interrupt_all_streams(grace_seconds=grace_seconds))
         return defer.Deferred.fromFuture(future)
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)

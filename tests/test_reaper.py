@@ -16,6 +16,7 @@ from streaming import reaper, services
 from streaming.cancellation import InMemoryCancelStore, StoreUnavailable, StreamInfo
 from streaming.models import Conversation, Message
 from streaming.reaper import REAPED_ERROR, ensure_reaper, reap_orphaned_streams
+from streaming.runtime import get_store
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -129,12 +130,11 @@ async def test_a_stream_that_was_only_slow_still_saves_its_real_end():
     assert (message.status, message.text, message.error) == ("completed", "all of it", "")
 
 
-async def test_ensure_reaper_runs_one_task_per_loop_and_reaps(settings):
-    settings.STREAM_REAPER_SECONDS = 0.05
-    settings.STREAM_REAPER_GRACE_SECONDS = 0.0
+async def test_ensure_reaper_runs_one_task_per_loop_and_reaps():
+    options = {"store": get_store(), "interval": 0.05, "grace_seconds": 0.0}
     orphan = await reply(age=5, now=time.time())
-    task = ensure_reaper()
-    assert task is not None and ensure_reaper() is task
+    task = ensure_reaper(**options)
+    assert task is not None and ensure_reaper(**options) is task
     try:
         async with asyncio.timeout(5):
             while True:
@@ -148,9 +148,8 @@ async def test_ensure_reaper_runs_one_task_per_loop_and_reaps(settings):
     reaper._per_loop.clear()
 
 
-async def test_ensure_reaper_is_off_when_interval_is_zero(settings):
-    settings.STREAM_REAPER_SECONDS = 0
-    assert ensure_reaper() is None
+async def test_ensure_reaper_is_off_when_interval_is_zero():
+    assert ensure_reaper(store=get_store(), interval=0, grace_seconds=30) is None
 
 
 def test_reap_streams_command_uses_the_shared_registry(settings, redis_server: RedisServer):
